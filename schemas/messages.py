@@ -1,0 +1,89 @@
+"""Pydantic messages: what crosses process and system boundaries (JSON only)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.classes import CLASS_NAMES
+from schemas.states import TriageLevel
+
+
+class ImageMetadata(BaseModel):
+    """Patient and study identifiers of one image. Every field is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    study_date: date | None = None
+    body_site: str | None = None
+    laterality: str | None = None
+
+    @field_validator("laterality")
+    @classmethod
+    def _laterality(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        v = v.strip().upper()
+        if v not in {"L", "R", "B", "U"}:
+            raise ValueError("laterality must be L, R, B (both) or U (unpaired)")
+        return v
+
+    def merged_over(self, base: ImageMetadata) -> ImageMetadata:
+        """Fields set here win over those of ``base`` (caller metadata over file tags)."""
+        data = base.model_dump()
+        data.update({k: v for k, v in self.model_dump().items() if v not in (None, "")})
+        return ImageMetadata(**data)
+
+
+class EnqueueRequest(BaseModel):
+    """What a hospital system sends with an image."""
+
+    metadata: ImageMetadata = Field(default_factory=ImageMetadata)
+    original_name: str | None = None
+
+
+class TriageThresholds(BaseModel):
+    """Operating points stored with a model version, applied to calibrated probabilities."""
+
+    urgent_melanoma: float = Field(ge=0, le=1)
+    soon_keratinocyte: float = Field(ge=0, le=1)
+    min_confidence: float = Field(ge=0, le=1)
+    # Recorded with the thresholds: what they give on validation data.
+    urgent_sensitivity: float | None = None
+    urgent_specificity: float | None = None
+    soon_sensitivity: float | None = None
+    soon_specificity: float | None = None
+
+
+class ModelMetadata(BaseModel):
+    """model.json of one model store version."""
+
+    version: str
+    created_at: datetime
+    parent_version: str | None = None
+    sha256: str
+    input_size: int
+    class_names: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
+    temperature: float = 1.0
+    thresholds: TriageThresholds
+    metrics: dict = Field(default_factory=dict)
+    training_command: str | None = None
+    data_manifest_sha256: str | None = None
+    notes: str | None = None
+
+
+class PredictionResult(BaseModel):
+    path: str | None = None
+    model_version: str
+    probabilities: dict[str, float]
+    melanoma_probability: float
+    predicted_class: str
+    triage: TriageLevel

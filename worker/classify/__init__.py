@@ -1,0 +1,1 @@
+"""Classification: preprocessing, inference (TensorFlow imported lazily) and triage rules."""

@@ -1,0 +1,134 @@
+"""The versioned model store: immutable version folders and one atomically switched pointer.
+
+Layout of a store root::
+
+    CURRENT                      the current version's name (replaced atomically)
+    versions/<version>/model.keras
+    versions/<version>/model.json    schemas.ModelMetadata
+    versions/<version>/...           metrics, split, calibration, model card
+
+The store a deployment uses lives in its own folder (the home folder under ``run``, a
+volume in production) and is seeded from the models shipped in this repository's
+``model_store/`` package; nothing is ever written into the installed package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from schemas import ModelMetadata
+from worker.errors import ModelNotAvailable
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "model.json"
+CURRENT_FILE = "CURRENT"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_store_root() -> Path:
+    """The read-only store inside the installed package (the repository's model_store/)."""
+    return Path(str(resources.files("model_store")))
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    def version_dir(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise ModelNotAvailable(f"invalid model version name {version!r}")
+        return self.versions_dir / version
+
+    def list_versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.versions_dir.iterdir() if (p / METADATA_FILE).is_file()
+        )
+
+    def current_version(self) -> str | None:
+        try:
+            name = (self.root / CURRENT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def metadata(self, version: str) -> ModelMetadata:
+        path = self.version_dir(version) / METADATA_FILE
+        try:
+            return ModelMetadata.model_validate_json(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelNotAvailable(f"model version {version!r} is not in {self.root}") from exc
+
+    def current(self) -> ModelMetadata:
+        version = self.current_version()
+        if version is None:
+            raise ModelNotAvailable(f"no current model version in {self.root}")
+        return self.metadata(version)
+
+    def model_path(self, version: str) -> Path:
+        return self.version_dir(version) / MODEL_FILE
+
+    def verify(self, version: str) -> None:
+        """Refuse a version whose model file does not match its recorded hash."""
+        meta = self.metadata(version)
+        actual = file_sha256(self.model_path(version))
+        if actual != meta.sha256:
+            raise ModelNotAvailable(f"model {version} sha256 mismatch: store is corrupt")
+
+    def set_current(self, version: str) -> None:
+        """Switch the pointer atomically (write a temp file, fsync, rename)."""
+        self.verify(version)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".CURRENT.")
+        with os.fdopen(fd, "w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / CURRENT_FILE)
+
+    def add_version(self, source_dir: Path) -> str:
+        """Copy a finished version folder in; the copy appears atomically or not at all."""
+        source_dir = Path(source_dir)
+        meta = ModelMetadata.model_validate_json((source_dir / METADATA_FILE).read_text())
+        if file_sha256(source_dir / MODEL_FILE) != meta.sha256:
+            raise ModelNotAvailable(f"{source_dir}: model file does not match model.json sha256")
+        target = self.version_dir(meta.version)
+        if target.exists():
+            return meta.version  # versions are immutable: same name, same content
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f".{meta.version}."))
+        try:
+            shutil.copytree(
+                source_dir, staging, dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("checkpoints", "*.tmp"),
+            )
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return meta.version
+
+    def seed_from(self, shipped: Path | None = None) -> None:
+        """Copy in shipped versions this store lacks; adopt the shipped current if none."""
+        shipped_store = ModelStore(shipped or shipped_store_root())
+        for version in shipped_store.list_versions():
+            self.add_version(shipped_store.version_dir(version))
+        if self.current_version() is None and shipped_store.current_version():
+            self.set_current(shipped_store.current_version())
