@@ -1,0 +1,498 @@
+"""Page layout of the triage report (reportlab platypus + a vector bar chart).
+
+Everything that is drawn is decided here; :mod:`worker.report.pdf` only writes the bytes.
+The whole body sits in one ``KeepInFrame`` that shrinks to fit, so hostile or very long
+field values can never push the report onto a second page.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pathlib
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+from xml.sax.saxutils import escape
+
+from PIL import Image as PILImage
+from reportlab.graphics.shapes import Drawing, Line, Rect, String
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_LEFT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import (
+    Image,
+    KeepInFrame,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+import reportlab
+from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel
+from schemas.classes import DISPLAY_NAMES
+
+if TYPE_CHECKING:
+    from worker.report.pdf import ReportContent
+
+TITLE = "Dermoscopy triage report \u2014 decision support"
+NOT_RECORDED = "not recorded"
+DISCLAIMER = (
+    "This is decision support, not a diagnosis. The result must be reviewed by a qualified "
+    "clinician together with the clinical history and, where indicated, examination of the "
+    "patient. A routine result does not exclude melanoma: any lesion that is changing, new "
+    "or clinically suspicious must be assessed regardless of this report."
+)
+
+#: Searched in order; the Docker image installs fonts-dejavu-core (first entry).
+FONT_DIRS = (
+    pathlib.Path("/usr/share/fonts/truetype/dejavu"),
+    pathlib.Path("/usr/share/fonts/dejavu"),
+)
+FONT = "TriageSans"
+FONT_BOLD = "TriageSans-Bold"
+
+PAGE_W, PAGE_H = A4
+MARGIN = 15 * mm
+FRAME_PAD = 6  # platypus Frame default padding
+CONTENT_W = PAGE_W - 2 * MARGIN
+
+INK = colors.HexColor("#1a1a1a")
+MUTED = colors.HexColor("#555555")
+RULE = colors.HexColor("#9e9e9e")
+PANEL = colors.HexColor("#f3f4f6")
+BAR = colors.HexColor("#6b7f94")
+BAR_MELANOMA = colors.HexColor("#b3261e")
+
+#: Banner fill and text colour per level. The wording is always printed: colour is a second cue.
+BANNER = {
+    TriageLevel.URGENT: (colors.HexColor("#b3261e"), colors.white),
+    TriageLevel.SOON: (colors.HexColor("#f0a500"), colors.black),
+    TriageLevel.ROUTINE: (colors.HexColor("#2e7d32"), colors.white),
+    TriageLevel.INDETERMINATE: (colors.HexColor("#616161"), colors.white),
+}
+
+LATERALITY = {"L": "Left", "R": "Right", "B": "Both sides", "U": "Unpaired"}
+
+#: Free-text values longer than this are cut (the frame shrinks anyway; this keeps it legible).
+MAX_FIELD_CHARS = 200
+
+
+@functools.cache
+def register_fonts() -> tuple[str, str]:
+    """Register a Unicode TTF (DejaVu, else reportlab's Vera) under stable names."""
+    candidates = [(d / "DejaVuSans.ttf", d / "DejaVuSans-Bold.ttf") for d in FONT_DIRS]
+    rl_fonts = pathlib.Path(reportlab.__file__).parent / "fonts"
+    candidates.append((rl_fonts / "Vera.ttf", rl_fonts / "VeraBd.ttf"))
+    for regular, bold in candidates:
+        if regular.is_file() and bold.is_file():
+            pdfmetrics.registerFont(TTFont(FONT, str(regular)))
+            pdfmetrics.registerFont(TTFont(FONT_BOLD, str(bold)))
+            pdfmetrics.registerFontFamily(FONT, normal=FONT, bold=FONT_BOLD, italic=FONT, boldItalic=FONT_BOLD)
+            return FONT, FONT_BOLD
+    raise RuntimeError("no TrueType font found for the report (install fonts-dejavu-core)")
+
+
+def _missing_glyphs(text: str) -> bool:
+    """True when the registered font cannot draw some character (e.g. CJK in DejaVu)."""
+    face = pdfmetrics.getFont(FONT).face
+    cmap = face.charToGlyph
+    return any(ord(ch) not in cmap for ch in text if not ch.isspace())
+
+
+# ---------------------------------------------------------------- text helpers
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    base = ParagraphStyle("base", fontName=FONT, fontSize=9, leading=11.5, textColor=INK, alignment=TA_LEFT)
+    return {
+        "base": base,
+        "title": ParagraphStyle("title", base, fontName=FONT_BOLD, fontSize=15, leading=19),
+        "subtitle": ParagraphStyle("subtitle", base, fontSize=8, leading=10, textColor=MUTED),
+        "h": ParagraphStyle("h", base, fontName=FONT_BOLD, fontSize=10, leading=13, spaceBefore=2, spaceAfter=3),
+        "label": ParagraphStyle("label", base, fontSize=8, leading=10, textColor=MUTED),
+        "value": ParagraphStyle("value", base, fontSize=9, leading=11),
+        "value_bold": ParagraphStyle("value_bold", base, fontName=FONT_BOLD, fontSize=10, leading=12.5),
+        "small": ParagraphStyle("small", base, fontSize=7, leading=8.5, textColor=MUTED),
+        "small_ink": ParagraphStyle("small_ink", base, fontSize=7, leading=8.5),
+        "caption": ParagraphStyle("caption", base, fontSize=7, leading=8.5, textColor=MUTED, alignment=1),
+        "disclaimer": ParagraphStyle("disclaimer", base, fontSize=8.5, leading=11),
+    }
+
+
+def _text(value: object | None) -> str:
+    """Escaped, length-bounded text; missing values read 'not recorded', never 'None'."""
+    if value is None:
+        return f"<i>{NOT_RECORDED}</i>"
+    s = " ".join(str(value).split())
+    if not s:
+        return f"<i>{NOT_RECORDED}</i>"
+    if len(s) > MAX_FIELD_CHARS:
+        s = s[: MAX_FIELD_CHARS - 1] + "\u2026"
+    return escape(s)
+
+
+def format_person_name(pn: str | None) -> str | None:
+    """DICOM PN 'Family^Given^Middle^Prefix^Suffix' (groups split by '=') -> 'Family, Given Middle'."""
+    if pn is None or not pn.strip():
+        return None
+    groups = []
+    for group in pn.split("="):
+        parts = [p.strip() for p in group.split("^")] + [""] * 5
+        family, given, middle, prefix, suffix = parts[:5]
+        first = " ".join(p for p in (prefix, given, middle) if p)
+        name = ", ".join(p for p in (family, first) if p)
+        if suffix:
+            name = f"{name}, {suffix}" if name else suffix
+        if name:
+            groups.append(name)
+    if not groups:
+        return None
+    return groups[0] if len(groups) == 1 else f"{groups[0]} ({' / '.join(groups[1:])})"
+
+
+def _utc(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pct(p: float) -> str:
+    if p < 0.001:
+        return "<0.1 %"
+    return f"{100 * p:.1f} %"
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def _header(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
+    sub = Paragraph(
+        "Automated dermoscopy image analysis for referral triage. "
+        "Not a diagnosis \u2014 see the statement at the foot of this page.",
+        st["subtitle"],
+    )
+    when = Paragraph(f"Reported {_utc(c.reported_at)}", ParagraphStyle("when", st["subtitle"], alignment=2))
+    t = Table([[Paragraph(escape(TITLE), st["title"]), ""], [sub, when]], colWidths=[CONTENT_W - 60 * mm, 60 * mm])
+    t.setStyle(
+        TableStyle(
+            [
+                ("SPAN", (0, 0), (1, 0)),
+                ("VALIGN", (0, 0), (-1, -1), "BOTTOM"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 0),
+                ("TOPPADDING", (0, 0), (-1, -1), 0),
+                ("BOTTOMPADDING", (0, 0), (-1, 0), 3),
+                ("BOTTOMPADDING", (0, 1), (-1, 1), 5),
+                ("LINEBELOW", (0, 1), (-1, 1), 1.2, INK),
+            ]
+        )
+    )
+    return [t, Spacer(1, 6)]
+
+
+def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float) -> Table:
+    md = c.metadata
+    name = format_person_name(md.patient_name)
+    name_cell = [Paragraph(_text(name), st["value_bold"])]
+    if name and _missing_glyphs(name):
+        name_cell.append(
+            Paragraph("Some characters of the name cannot be shown in this font; identify the patient by ID.", st["small"])
+        )
+    lat = md.laterality
+    laterality = f"{LATERALITY.get(lat, lat)} ({lat})" if lat else None
+    rows = [
+        ("Patient name", name_cell),
+        ("Patient ID", Paragraph(_text(md.patient_id), st["value_bold"])),
+        ("Accession number", Paragraph(_text(md.accession_number), st["value"])),
+        ("Study date", Paragraph(_text(md.study_date.isoformat() if md.study_date else None), st["value"])),
+        ("Body site", Paragraph(_text(md.body_site), st["value"])),
+        ("Laterality", Paragraph(_text(laterality), st["value"])),
+        ("Received (UTC)", Paragraph(_text(_utc(c.received_at)), st["value"])),
+        ("Reported (UTC)", Paragraph(_text(_utc(c.reported_at)), st["value"])),
+        ("Study UID", Paragraph(_text(md.study_instance_uid), st["small_ink"])),
+        ("Series UID", Paragraph(_text(md.series_instance_uid), st["small_ink"])),
+        ("SOP instance UID", Paragraph(_text(md.sop_instance_uid), st["small_ink"])),
+        ("Job ID", Paragraph(_text(c.job_id), st["small_ink"])),
+    ]
+    label_w = 30 * mm
+    data = [[Paragraph(label, st["label"]), value] for label, value in rows]
+    t = Table(data, colWidths=[label_w, width - label_w])
+    t.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                ("LINEBELOW", (0, 0), (-1, -2), 0.25, colors.HexColor("#dddddd")),
+            ]
+        )
+    )
+    return t
+
+
+def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], box: float) -> list:
+    h, w = c.image_rgb.shape[:2]
+    pil = PILImage.fromarray(c.image_rgb, mode="RGB")
+    pil.thumbnail((600, 600), PILImage.Resampling.LANCZOS)  # enough for print at this size
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=True)
+    buf.seek(0)
+    scale = min(box / w, box / h)
+    img = Image(buf, width=w * scale, height=h * scale)
+    img.hAlign = "CENTER"
+    frame = Table([[img]], colWidths=[box + 6], rowHeights=[box + 6])
+    frame.setStyle(
+        TableStyle(
+            [
+                ("ALIGN", (0, 0), (-1, -1), "CENTER"),
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ("BOX", (0, 0), (-1, -1), 0.5, RULE),
+                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fafafa")),
+            ]
+        )
+    )
+    frame.hAlign = "CENTER"
+    caption = Paragraph(f"Image as classified ({w} \u00d7 {h} px)", st["caption"])
+    return [frame, Spacer(1, 2), caption]
+
+
+def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
+    fill, ink = BANNER[c.triage]
+    hexink = ink.hexval()[2:]
+    label = Paragraph(f'<font color="#{hexink}">TRIAGE RESULT</font>', ParagraphStyle("bl", st["label"], fontSize=7.5))
+    wording = Paragraph(
+        f'<font color="#{hexink}">{escape(c.triage.wording)}</font>',
+        ParagraphStyle("bw", st["base"], fontName=FONT_BOLD, fontSize=13, leading=16),
+    )
+    t = Table([[label], [wording]], colWidths=[CONTENT_W])
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), fill),
+                ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 8),
+                ("TOPPADDING", (0, 0), (-1, 0), 5),
+                ("BOTTOMPADDING", (0, 0), (-1, 0), 0),
+                ("TOPPADDING", (0, 1), (-1, 1), 1),
+                ("BOTTOMPADDING", (0, 1), (-1, 1), 7),
+            ]
+        )
+    )
+    explanation = Table(
+        [[Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation)}", st["value"])]],
+        colWidths=[CONTENT_W],
+    )
+    explanation.setStyle(
+        TableStyle(
+            [
+                ("BOX", (0, 0), (-1, -1), 1, fill),
+                ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                ("TOPPADDING", (0, 0), (-1, -1), 4),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
+            ]
+        )
+    )
+    return [t, explanation]
+
+
+def _quality_box(note: str, st: dict[str, ParagraphStyle]) -> Table:
+    t = Table(
+        [[Paragraph(f"<b>IMAGE QUALITY WARNING:</b> {_text(note)}", ParagraphStyle("q", st["base"], fontSize=10, leading=13))]],
+        colWidths=[CONTENT_W],
+    )
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fff4ce")),
+                ("BOX", (0, 0), (-1, -1), 1.5, colors.HexColor("#c77700")),
+                ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                ("TOPPADDING", (0, 0), (-1, -1), 5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+            ]
+        )
+    )
+    return t
+
+
+def probability_chart(c: ReportContent, width: float = CONTENT_W) -> Drawing:
+    """Horizontal bars in the fixed model order, so every report reads the same way."""
+    row_h, bar_h = 17.0, 10.5
+    label_w, value_w = 150.0, 52.0
+    top_pad, axis_h = 4.0, 14.0
+    n = len(CLASS_NAMES)
+    height = top_pad + n * row_h + axis_h
+    plot_x0 = label_w
+    plot_w = width - label_w - value_w
+    d = Drawing(width, height)
+    y_top = height - top_pad
+
+    # grid and axis
+    for k in range(0, 101, 25):
+        x = plot_x0 + plot_w * k / 100
+        d.add(Line(x, axis_h, x, y_top, strokeColor=colors.HexColor("#e0e0e0"), strokeWidth=0.5))
+        d.add(String(x, axis_h - 9, f"{k} %", fontName=FONT, fontSize=6.5, fillColor=MUTED, textAnchor="middle"))
+    d.add(Line(plot_x0, axis_h, plot_x0, y_top, strokeColor=RULE, strokeWidth=0.7))
+
+    for i, name in enumerate(CLASS_NAMES):
+        p = min(max(float(c.probabilities[name]), 0.0), 1.0)
+        is_mel = name == MELANOMA
+        y = y_top - (i + 1) * row_h + (row_h - bar_h) / 2
+        font = FONT_BOLD if is_mel else FONT
+        label = DISPLAY_NAMES[name] + (" *" if name in SOON_CLASSES else "")
+        d.add(String(plot_x0 - 6, y + 2.8, label, fontName=font, fontSize=8.5, fillColor=INK, textAnchor="end"))
+        if p > 0:
+            d.add(
+                Rect(plot_x0, y, max(plot_w * p, 0.6), bar_h,
+                     fillColor=BAR_MELANOMA if is_mel else BAR, strokeColor=None)
+            )
+        d.add(String(plot_x0 + plot_w * p + 4, y + 2.8, _pct(p), fontName=font, fontSize=8, fillColor=INK))
+        if is_mel:
+            tx = plot_x0 + plot_w * c.thresholds.urgent_melanoma
+            d.add(Line(tx, y - 3, tx, y + bar_h + 3, strokeColor=INK, strokeWidth=1.2, strokeDashArray=[2, 1.5]))
+    return d
+
+
+def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
+    soon_sum = sum(float(c.probabilities[k]) for k in SOON_CLASSES)
+    note = (
+        f"Melanoma highlighted in red; the dashed mark on its bar is the urgent threshold "
+        f"({_pct(c.thresholds.urgent_melanoma)}). * Classes summed for the \u201csoon\u201d rule: "
+        f"combined {_pct(soon_sum)} (threshold {_pct(c.thresholds.soon_keratinocyte)}). "
+        f"Fixed class order; probabilities are calibrated model outputs, not prevalence-adjusted risks."
+    )
+    return [
+        Paragraph("Class probabilities", st["h"]),
+        probability_chart(c),
+        Spacer(1, 2),
+        Paragraph(note, st["small"]),
+    ]
+
+
+def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Table:
+    th = c.thresholds
+
+    def perf(sens: float | None, spec: float | None) -> str:
+        if sens is None and spec is None:
+            return ""
+        s = "n/a" if sens is None else f"{sens:.2f}"
+        p = "n/a" if spec is None else f"{spec:.2f}"
+        return f" (validation sensitivity {s}, specificity {p})"
+
+    lines = [
+        f"<b>Model version:</b> {_text(c.model_version)}",
+        f"<b>Thresholds of this model version:</b> urgent if melanoma \u2265 {_pct(th.urgent_melanoma)}"
+        f"{perf(th.urgent_sensitivity, th.urgent_specificity)}; soon if BCC + SCC + actinic keratosis \u2265 "
+        f"{_pct(th.soon_keratinocyte)}{perf(th.soon_sensitivity, th.soon_specificity)}; "
+        f"indeterminate if the highest class probability &lt; {_pct(th.min_confidence)}.",
+        f"<b>Image SHA-256:</b> {_text(c.image_sha256)}",
+    ]
+    t = Table([[Paragraph(line, st["small_ink"])] for line in lines], colWidths=[CONTENT_W])
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), PANEL),
+                ("LEFTPADDING", (0, 0), (-1, -1), 6),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                ("TOPPADDING", (0, 0), (-1, 0), 4),
+                ("BOTTOMPADDING", (0, -1), (-1, -1), 4),
+            ]
+        )
+    )
+    return t
+
+
+def _disclaimer(st: dict[str, ParagraphStyle]) -> Table:
+    t = Table([[Paragraph(f"<b>Important.</b> {escape(DISCLAIMER)}", st["disclaimer"])]], colWidths=[CONTENT_W])
+    t.setStyle(
+        TableStyle(
+            [
+                ("BOX", (0, 0), (-1, -1), 0.8, INK),
+                ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 8),
+                ("TOPPADDING", (0, 0), (-1, -1), 5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+            ]
+        )
+    )
+    return t
+
+
+def _footer(canvas, doc) -> None:  # noqa: ANN001 (reportlab callback signature)
+    canvas.saveState()
+    canvas.setFont(FONT, 7)
+    canvas.setFillColor(MUTED)
+    canvas.setStrokeColor(RULE)
+    canvas.setLineWidth(0.5)
+    y = MARGIN - 5 * mm
+    canvas.line(MARGIN, y + 9, PAGE_W - MARGIN, y + 9)
+    canvas.drawString(MARGIN, y, f"{TITLE} \u00b7 job {doc.triage_job_id}")
+    canvas.drawRightString(PAGE_W - MARGIN, y, "Page 1 of 1")
+    canvas.restoreState()
+
+
+# ---------------------------------------------------------------- document
+
+
+def build_story(c: ReportContent) -> list:
+    register_fonts()
+    st = _styles()
+    img_col = 70 * mm
+    left_w = CONTENT_W - img_col - 6 * mm
+    top = Table(
+        [[_patient_block(c, st, left_w), _thumbnail(c, st, img_col - 8)]],
+        colWidths=[left_w + 6 * mm, img_col],
+    )
+    top.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 0),
+                ("TOPPADDING", (0, 0), (-1, -1), 0),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 0),
+            ]
+        )
+    )
+    story: list = []
+    story += _header(c, st)
+    story += [Paragraph("Patient and study", st["h"]), top, Spacer(1, 8)]
+    story += _banner(c, st)
+    if c.quality_note is not None and c.quality_note.strip():
+        story += [Spacer(1, 5), _quality_box(c.quality_note, st)]
+    story += [Spacer(1, 6)]
+    story += _chart_block(c, st)
+    story += [Spacer(1, 7), _technical_block(c, st), Spacer(1, 7), _disclaimer(st)]
+    return story
+
+
+def build_pdf(c: ReportContent) -> bytes:
+    """The report as PDF bytes. No patient data goes into the document metadata."""
+    register_fonts()
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        # The frame pads by FRAME_PAD: content edges then sit exactly on MARGIN.
+        leftMargin=MARGIN - FRAME_PAD,
+        rightMargin=MARGIN - FRAME_PAD,
+        topMargin=MARGIN - FRAME_PAD,
+        bottomMargin=MARGIN + 6 * mm - FRAME_PAD,
+        title="Dermoscopy triage report",
+        author="melanoma-triage",
+        subject=f"Decision-support triage report, job {c.job_id}",
+        creator="melanoma-triage",
+        keywords="",
+        invariant=1,  # same content -> same bytes -> same sha256 on a retried job
+    )
+    doc.triage_job_id = c.job_id
+    frame_h = PAGE_H - doc.topMargin - doc.bottomMargin - 2 * FRAME_PAD
+    body = KeepInFrame(CONTENT_W, frame_h, build_story(c), mode="shrink")
+    doc.build([body], onFirstPage=_footer, onLaterPages=_footer)
+    return buf.getvalue()
