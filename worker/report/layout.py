@@ -81,6 +81,8 @@ LATERALITY = {"L": "Left", "R": "Right", "B": "Both sides", "U": "Unpaired"}
 
 #: Free-text values longer than this are cut (the frame shrinks anyway; this keeps it legible).
 MAX_FIELD_CHARS = 200
+#: Explanation and quality note are pipeline sentences: allow more before cutting.
+MAX_SENTENCE_CHARS = 800
 
 
 @functools.cache
@@ -125,15 +127,15 @@ def _styles() -> dict[str, ParagraphStyle]:
     }
 
 
-def _text(value: object | None) -> str:
+def _text(value: object | None, limit: int = MAX_FIELD_CHARS) -> str:
     """Escaped, length-bounded text; missing values read 'not recorded', never 'None'."""
     if value is None:
         return f"<i>{NOT_RECORDED}</i>"
     s = " ".join(str(value).split())
     if not s:
         return f"<i>{NOT_RECORDED}</i>"
-    if len(s) > MAX_FIELD_CHARS:
-        s = s[: MAX_FIELD_CHARS - 1] + "\u2026"
+    if len(s) > limit:
+        s = s[: limit - 1] + "\u2026"
     return escape(s)
 
 
@@ -285,7 +287,7 @@ def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
         )
     )
     explanation = Table(
-        [[Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation)}", st["value"])]],
+        [[Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])]],
         colWidths=[CONTENT_W],
     )
     explanation.setStyle(
@@ -303,7 +305,7 @@ def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
 
 def _quality_box(note: str, st: dict[str, ParagraphStyle]) -> Table:
     t = Table(
-        [[Paragraph(f"<b>IMAGE QUALITY WARNING:</b> {_text(note)}", ParagraphStyle("q", st["base"], fontSize=10, leading=13))]],
+        [[Paragraph(f"<b>IMAGE QUALITY WARNING:</b> {_text(note, MAX_SENTENCE_CHARS)}", ParagraphStyle("q", st["base"], fontSize=10, leading=13))]],
         colWidths=[CONTENT_W],
     )
     t.setStyle(

@@ -1,0 +1,289 @@
+"""The PDF triage report: content on the page, one page, safe file names, atomic write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas import CLASS_NAMES, MELANOMA, ImageMetadata, TriageLevel, TriageThresholds
+from schemas.classes import DISPLAY_NAMES
+from worker.report import ReportContent, render_report, report_filename
+from worker.report.layout import format_person_name
+
+needs_poppler = pytest.mark.skipif(
+    shutil.which("pdftotext") is None or shutil.which("pdfinfo") is None, reason="poppler-utils not installed"
+)
+
+JOB_ID = "3f2a9c1e-6b7d-4e21-9a0b-5c4d3e2f1a00"
+RECEIVED = datetime(2024, 3, 5, 9, 12, 3, tzinfo=timezone.utc)
+
+
+def gradient_image(h: int = 300, w: int = 400) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (w + h)], axis=-1).astype(np.uint8)
+    img[(yy - h // 2) ** 2 + (xx - w // 2) ** 2 < (min(h, w) // 4) ** 2] = (90, 50, 30)
+    return img
+
+
+def probabilities(melanoma: float = 0.31) -> dict[str, float]:
+    rest = (1.0 - melanoma) / (len(CLASS_NAMES) - 1)
+    return {c: (melanoma if c == MELANOMA else rest) for c in CLASS_NAMES}
+
+
+def make_content(**overrides) -> ReportContent:
+    values = dict(
+        job_id=JOB_ID,
+        metadata=ImageMetadata(
+            patient_id="P00012345",
+            patient_name="Doe^Jane",
+            accession_number="ACC0001",
+            study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+            series_instance_uid="1.2.826.0.1.3680043.8.498.2",
+            sop_instance_uid="1.2.826.0.1.3680043.8.498.3",
+            study_date=date(2024, 3, 5),
+            body_site="Upper back",
+            laterality="L",
+        ),
+        image_rgb=gradient_image(),
+        probabilities=probabilities(),
+        triage=TriageLevel.URGENT,
+        triage_explanation="Melanoma probability 0.31 is at or above the urgent threshold 0.12.",
+        thresholds=TriageThresholds(urgent_melanoma=0.12, soon_keratinocyte=0.2, min_confidence=0.4),
+        model_version="2024.03.1-test",
+        image_sha256="ab" * 32,
+        received_at=RECEIVED,
+        reported_at=RECEIVED + timedelta(seconds=6),
+    )
+    values.update(overrides)
+    return ReportContent(**values)
+
+
+def pdf_text(path: Path) -> str:
+    out = subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True).stdout
+    return " ".join(out.split())  # wrapped lines -> one line of words
+
+
+def page_count(path: Path) -> int:
+    out = subprocess.run(["pdfinfo", str(path)], check=True, capture_output=True, text=True).stdout
+    return int(re.search(r"^Pages:\s+(\d+)", out, re.M).group(1))
+
+
+def render(tmp_path: Path, content: ReportContent) -> Path:
+    out = tmp_path / report_filename(content.metadata, content.job_id)
+    render_report(content, out)
+    return out
+
+
+# ---------------------------------------------------------------- page content
+
+
+@needs_poppler
+def test_report_shows_identifiers_result_and_statement(tmp_path: Path) -> None:
+    content = make_content()
+    out = render(tmp_path, content)
+    text = pdf_text(out)
+    assert page_count(out) == 1
+    for expected in (
+        "Dermoscopy triage report — decision support",
+        "P00012345",
+        "ACC0001",
+        "Doe, Jane",
+        "2024-03-05",
+        "Upper back",
+        "Left (L)",
+        "1.2.826.0.1.3680043.8.498.3",
+        JOB_ID,
+        "2024-03-05 09:12:03 UTC",
+        "2024-03-05 09:12:09 UTC",
+        TriageLevel.URGENT.wording,
+        content.triage_explanation,
+        "2024.03.1-test",
+        "This is decision support, not a diagnosis.",
+        "A routine result does not exclude melanoma",
+        "12.0 %",  # urgent threshold
+        "31.0 %",  # melanoma value label
+    ):
+        assert expected in text, expected
+    for name in CLASS_NAMES:
+        assert DISPLAY_NAMES[name] in text, name
+    assert "None" not in text
+
+
+@needs_poppler
+@pytest.mark.parametrize("level", list(TriageLevel))
+def test_every_triage_level_renders_its_wording(tmp_path: Path, level: TriageLevel) -> None:
+    out = render(tmp_path, make_content(triage=level))
+    assert page_count(out) == 1
+    assert level.wording in pdf_text(out)
+
+
+@needs_poppler
+def test_missing_fields_read_not_recorded(tmp_path: Path) -> None:
+    out = render(tmp_path, make_content(metadata=ImageMetadata()))
+    assert out.name == f"NOID_{JOB_ID}.pdf"
+    text = pdf_text(out)
+    assert text.count("not recorded") >= 9
+    assert "None" not in text
+    assert page_count(out) == 1
+
+
+@needs_poppler
+def test_quality_note_is_shown(tmp_path: Path) -> None:
+    note = "Image is out of focus; lesion border not assessable."
+    out = render(tmp_path, make_content(triage=TriageLevel.INDETERMINATE, quality_note=note))
+    text = pdf_text(out)
+    assert "IMAGE QUALITY WARNING" in text
+    assert note in text
+
+
+@needs_poppler
+def test_long_hostile_values_stay_on_one_page(tmp_path: Path) -> None:
+    long = "<b>&amp; " + "x" * 5000
+    content = make_content(
+        metadata=ImageMetadata(patient_name=long, body_site=long, accession_number="A" * 300),
+        triage_explanation=long,
+        quality_note=" ".join(["The image is blurred."] * 200),
+        model_version="v" * 500,
+    )
+    out = render(tmp_path, content)
+    assert page_count(out) == 1
+    assert "<b>&amp;" in pdf_text(out)  # escaped, printed literally, not markup
+
+
+@needs_poppler
+@pytest.mark.parametrize("name", ["Müller^Zoë", "李^小龙", "Yamada^Tarou=山田^太郎=やまだ^たろう", "Ñúñez^José^María^Dr^Jr"])
+def test_unicode_patient_names_do_not_crash(tmp_path: Path, name: str) -> None:
+    out = render(tmp_path, make_content(metadata=ImageMetadata(patient_id="P1", patient_name=name)))
+    assert page_count(out) == 1
+    if name == "Müller^Zoë":
+        assert "Müller, Zoë" in pdf_text(out)
+
+
+@needs_poppler
+def test_no_patient_data_in_pdf_metadata(tmp_path: Path) -> None:
+    out = render(tmp_path, make_content())
+    info = subprocess.run(["pdfinfo", str(out)], check=True, capture_output=True, text=True).stdout
+    for phi in ("Doe", "Jane", "P00012345", "ACC0001"):
+        assert phi not in info
+
+
+def test_person_name_formatting() -> None:
+    assert format_person_name("Müller^Zoë") == "Müller, Zoë"
+    assert format_person_name("Doe^Jane^Q^Dr^Jr") == "Doe, Dr Jane Q, Jr"
+    assert format_person_name("Doe") == "Doe"
+    assert format_person_name("^Jane") == "Jane"
+    assert format_person_name("Yamada^Tarou=山田^太郎") == "Yamada, Tarou (山田, 太郎)"
+    assert format_person_name("") is None
+    assert format_person_name("^^^") is None
+    assert format_person_name(None) is None
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_render_is_atomic_and_returns_sha256(tmp_path: Path) -> None:
+    out = tmp_path / "report.pdf"
+    digest = render_report(make_content(), out)
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert out.read_bytes().startswith(b"%PDF-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf"]
+
+
+def test_render_replaces_existing_file_and_is_reproducible(tmp_path: Path) -> None:
+    out = tmp_path / "report.pdf"
+    out.write_bytes(b"old")
+    first = render_report(make_content(), out)
+    second = render_report(make_content(), out)
+    assert first == second  # a retried job writes the same bytes
+    assert sorted(os.listdir(tmp_path)) == ["report.pdf"]
+
+
+def test_failed_render_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report.pdf"
+
+    def boom(src, dst):  # noqa: ANN001
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        render_report(make_content(), out)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_rgb": np.zeros((10, 10), np.uint8)}, "HxWx3"),
+        ({"image_rgb": np.zeros((10, 10, 3), np.float32)}, "uint8"),
+        ({"probabilities": {MELANOMA: 1.0}}, "missing"),
+        ({"probabilities": {**probabilities(), "wart": 0.0}}, "unexpected"),
+        ({"probabilities": {**probabilities(), MELANOMA: float("nan")}}, "finite"),
+        ({"received_at": datetime(2024, 3, 5, 9, 0)}, "timezone-aware"),
+    ],
+)
+def test_content_is_validated(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_content(**overrides)
+
+
+# ---------------------------------------------------------------- file names
+
+
+@pytest.mark.parametrize(
+    "metadata, expected_key",
+    [
+        (ImageMetadata(accession_number="ACC0001", patient_id="P1"), "ACC0001"),
+        (ImageMetadata(patient_id="P1"), "P1"),
+        (ImageMetadata(), "NOID"),
+        (ImageMetadata(accession_number="", patient_id="  "), "NOID"),
+        (ImageMetadata(accession_number="../../etc/passwd"), "etc_passwd"),
+        (ImageMetadata(accession_number="..", patient_id="P2"), "P2"),
+        (ImageMetadata(accession_number="ACC 00 1"), "ACC_00_1"),
+        (ImageMetadata(accession_number="Müller-Zoë"), "Muller-Zoe"),
+        (ImageMetadata(accession_number="李小龙", patient_id="P3"), "P3"),
+        (ImageMetadata(accession_number=".hidden"), "hidden"),
+        (ImageMetadata(accession_number="a\\b/c:d*e?f"), "a_b_c_d_e_f"),
+        (ImageMetadata(accession_number="-rf"), "rf"),
+    ],
+)
+def test_report_filename(metadata: ImageMetadata, expected_key: str) -> None:
+    assert report_filename(metadata, JOB_ID) == f"{expected_key}_{JOB_ID}.pdf"
+
+
+def test_report_filename_is_bounded_and_safe() -> None:
+    name = report_filename(ImageMetadata(accession_number="A" * 1000), "j" * 1000)
+    assert len(name) <= 140
+    hostile = report_filename(ImageMetadata(accession_number="../..//..\x00\n"), "../x y")
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pdf", hostile)
+    assert ".." not in hostile and "/" not in hostile
+    assert hostile == "NOID_x_y.pdf"
+
+
+def test_report_filename_rejects_unusable_job_id() -> None:
+    with pytest.raises(ValueError):
+        report_filename(ImageMetadata(), "../..")
+
+
+def test_falls_back_to_bundled_vera_without_dejavu() -> None:
+    """The Docker image installs DejaVu; without it the report must still render."""
+    code = (
+        "import worker.report.layout as L\n"
+        "L.FONT_DIRS = ()\n"
+        "L.register_fonts()\n"
+        "assert L.pdfmetrics.getFont(L.FONT).face.filename.endswith('Vera.ttf')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
