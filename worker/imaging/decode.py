@@ -1,0 +1,186 @@
+"""Bytes or a file in, an RGB uint8 array out, or ``InputRejected`` with a reason.
+
+The format is chosen by magic bytes, never by file name: JPEG, PNG, or DICOM Part 10
+(128-byte preamble then "DICM"). Size guards run on the header before any pixel is
+decoded, so a small file claiming a huge image (decompression bomb) costs nothing.
+
+JPEG/PNG decisions:
+* EXIF orientation is applied (``ImageOps.exif_transpose``); broken EXIF is ignored.
+* Greyscale, palette, RGBA (alpha dropped), CMYK and YCbCr are converted to RGB.
+  8-bit greyscale is accepted (a clinician may send a greyscale photo; the model then
+  sees a grey image, and the quality check still applies).
+* 16-bit greyscale PNG is scaled to 8 bits (value >> 8); 16-bit RGB PNG is reduced to
+  8 bits by Pillow itself.
+* Every image is fully decoded (``img.load()``), so truncated files are rejected.
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from schemas import ImageMetadata
+from worker.errors import InputRejected
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+
+#: Bytes needed by ``sniff_format`` to tell every supported format apart.
+SNIFF_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
+
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 50_000_000  # decompression-bomb guard, checked on the header
+    min_side: int = 32
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # HxWx3 uint8, RGB, EXIF orientation applied
+    metadata: ImageMetadata  # from DICOM tags; empty ImageMetadata() for JPEG/PNG
+    source_format: str  # "jpeg" | "png" | "dicom"
+    transfer_syntax: str | None = None  # DICOM transfer syntax UID
+    photometric: str | None = None  # DICOM PhotometricInterpretation as stored
+
+
+def sniff_format(head: bytes) -> str | None:
+    """"jpeg", "png", "dicom" or None, from the first ``SNIFF_BYTES`` bytes."""
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head[DICOM_MAGIC_OFFSET:SNIFF_BYTES] == DICOM_MAGIC:
+        return "dicom"
+    return None
+
+
+def decode_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Read and decode one file; the size limit is checked before reading it."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            _check_byte_size(size, limits)
+            data = fh.read(limits.max_bytes + 1)
+    except OSError as exc:
+        # The path may carry patient identifiers: report only the OS reason.
+        reason = exc.strerror or type(exc).__name__
+        raise InputRejected("unreadable", f"the file could not be read ({reason})") from None
+    return decode_bytes(data, limits)
+
+
+def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Decode a JPEG, PNG or DICOM image held in memory."""
+    _check_byte_size(len(data), limits)
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt is None:
+        raise InputRejected(
+            "not_an_image", "the file is not a JPEG, PNG or DICOM image (unknown file signature)"
+        )
+    if fmt == "dicom":
+        from worker.imaging.dicom import decode_dicom  # pydicom is only needed here
+
+        decoded = decode_dicom(data, limits)
+    else:
+        rgb = _decode_pil(data, fmt, limits)
+        decoded = DecodedImage(rgb=rgb, metadata=ImageMetadata(), source_format=fmt)
+    check_dimensions(decoded.rgb.shape[0], decoded.rgb.shape[1], limits)
+    return decoded
+
+
+def check_dimensions(rows: int, cols: int, limits: DecodeLimits) -> None:
+    """Reject bombs and thumbnails from the header's dimensions alone."""
+    if rows <= 0 or cols <= 0:
+        raise InputRejected("truncated", f"the image header gives an empty size ({cols} x {rows})")
+    if rows * cols > limits.max_pixels:
+        raise InputRejected(
+            "decompression_bomb",
+            f"the image claims {cols} x {rows} pixels, more than the limit of "
+            f"{limits.max_pixels:,} pixels",
+        )
+    if min(rows, cols) < limits.min_side:
+        raise InputRejected(
+            "too_small",
+            f"the image is {cols} x {rows} pixels; both sides must be at least {limits.min_side}",
+        )
+
+
+def _check_byte_size(size: int, limits: DecodeLimits) -> None:
+    if size == 0:
+        raise InputRejected("empty_file", "the file is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise InputRejected(
+            "too_large_file",
+            f"the file is {size:,} bytes, more than the limit of {limits.max_bytes:,} bytes",
+        )
+
+
+def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits) -> np.ndarray:
+    name = fmt.upper()
+    try:
+        img = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+    except Image.DecompressionBombError:
+        raise InputRejected(
+            "decompression_bomb", f"the {name} header claims an enormous image"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputRejected(
+            "not_an_image", f"the file has a {name} signature but is not a readable {name}"
+        ) from None
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise InputRejected("truncated", f"the {name} header is broken ({_short(exc)})") from None
+    with img:
+        width, height = img.size
+        check_dimensions(height, width, limits)  # before any pixel is decoded
+        try:
+            img.load()
+        except Image.DecompressionBombError:
+            raise InputRejected(
+                "decompression_bomb", f"the {name} image is too large to decode"
+            ) from None
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            raise InputRejected(
+                "truncated", f"the {name} data is truncated or corrupt ({_short(exc)})"
+            ) from None
+        img = _apply_orientation(img)
+        return _to_rgb_array(img)
+
+
+def _apply_orientation(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - malformed EXIF: keep the stored orientation
+        return img
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale PNG: scale to 8 bits rather than clipping at 255.
+        arr = np.asarray(img).astype(np.uint32)
+        grey = np.clip(arr >> 8, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if mode == "F":
+        raise InputRejected("not_an_image", "floating-point images are not photographs")
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # drops alpha, converts L/LA/1/CMYK/YCbCr
+    arr = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
