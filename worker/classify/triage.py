@@ -24,3 +24,28 @@ def decide(
     if max(probabilities.values()) < thresholds.min_confidence:
         return TriageLevel.INDETERMINATE
     return TriageLevel.ROUTINE
+
+
+def explain(
+    probabilities: Mapping[str, float],
+    thresholds: TriageThresholds,
+    level: TriageLevel,
+    quality_reason: str | None = None,
+) -> str:
+    """One sentence for the report: which rule produced the level, with the numbers."""
+    mel = probabilities[MELANOMA]
+    soon = sum(probabilities[c] for c in SOON_CLASSES)
+    if level is TriageLevel.INDETERMINATE and quality_reason:
+        return f"The image is not usable for automated triage: {quality_reason}."
+    if level is TriageLevel.URGENT:
+        return (f"Melanoma probability {mel:.0%} is at or above this model's urgent threshold "
+                f"({thresholds.urgent_melanoma:.0%}).")
+    if level is TriageLevel.SOON:
+        return (f"Combined probability of basal cell carcinoma, squamous cell carcinoma and actinic "
+                f"keratosis {soon:.0%} is at or above the threshold ({thresholds.soon_keratinocyte:.0%}).")
+    top = max(probabilities.values())
+    if level is TriageLevel.INDETERMINATE:
+        return (f"No class is confident: the highest probability is {top:.0%}, below "
+                f"{thresholds.min_confidence:.0%}.")
+    return (f"Melanoma probability {mel:.0%} and keratinocyte-lesion probability {soon:.0%} are below "
+            f"their thresholds ({thresholds.urgent_melanoma:.0%}, {thresholds.soon_keratinocyte:.0%}).")

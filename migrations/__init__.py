@@ -1,0 +1,1 @@
+"""Alembic migrations for the melanoma-triage database (run: melanoma-triage db upgrade)."""

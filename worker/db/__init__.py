@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2 typed tables, engine/session factory and job bookkeeping."""

@@ -1,0 +1,1 @@
+"""Intake: the doors by which images enter (folder watcher, client API) and the archive."""

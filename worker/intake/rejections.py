@@ -1,0 +1,54 @@
+"""The rejected/ folder: the rejected file itself plus a JSON sidecar that says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from worker.intake.names import safe_filename
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".writing.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_rejection(
+    rejected_dir: Path,
+    job_id: str,
+    original_name: str | None,
+    code: str,
+    reason: str,
+    data: bytes | None = None,
+    source: Path | None = None,
+    sha256: str | None = None,
+) -> Path:
+    """Put the file (bytes, or moved from ``source``) into rejected/ with ``<name>.json`` beside it."""
+    rejected_dir.mkdir(parents=True, exist_ok=True)
+    target = rejected_dir / f"{job_id}__{safe_filename(original_name, fallback='unnamed')}"
+    if source is not None:
+        os.replace(source, target)
+    elif data is not None:
+        _atomic_write(target, data)
+    sidecar = {
+        "job_id": job_id,
+        "state": "rejected",
+        "code": code,
+        "reason": reason,
+        "original_name": original_name,
+        "sha256": sha256,
+        "file": target.name if (source is not None or data is not None) else None,
+        "rejected_at": datetime.now(timezone.utc).isoformat(),
+    }
+    sidecar_path = target.with_name(target.name + ".json")
+    _atomic_write(sidecar_path, json.dumps(sidecar, indent=2).encode())
+    return sidecar_path

@@ -1,0 +1,83 @@
+"""One job, start to finish: decode, check, classify, report, persist. No Celery here."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from schemas import ImageMetadata
+from worker.classify.triage import explain
+from worker.db import jobs
+from worker.errors import InputRejected
+from worker.imaging.decode import DecodeLimits, decode_bytes
+from worker.imaging.quality import assess_quality
+from worker.intake import archive
+from worker.intake.rejections import write_rejection
+from worker.report.pdf import ReportContent, render_report, report_filename
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def process_job(rt: Runtime, job_id: str) -> str:
+    """Returns the job's final state. Idempotent: a finished job is left as it is."""
+    settings = rt.settings
+    with rt.sessions.begin() as s:
+        item = jobs.start_attempt(s, job_id, settings.max_attempts)
+    if item is None:
+        log.info("job %s: nothing to do (finished or out of attempts)", job_id)
+        return "skipped"
+    try:
+        data = archive.load(item.archive_path)
+        decoded = decode_bytes(
+            data, DecodeLimits(max_bytes=settings.max_file_bytes, max_pixels=settings.max_image_pixels)
+        )
+    except InputRejected as exc:
+        with rt.sessions.begin() as s:
+            jobs.reject(s, job_id, exc.code, exc.reason)
+            name = jobs.original_name(s, job_id)
+        write_rejection(settings.rejected_dir, job_id, name, exc.code, exc.reason, data=data,
+                        sha256=item.image_sha256)
+        log.info("job %s rejected: %s", job_id, exc.code)
+        return "rejected"
+
+    usable, quality_reason = assess_quality(decoded.rgb)
+    classifier = rt.models.get()
+    result = classifier.predict(decoded.rgb, usable_image=usable)
+    metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
+    thresholds = classifier.metadata.thresholds
+    report_path = settings.reports_dir / report_filename(metadata, job_id)
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    report_sha = render_report(
+        ReportContent(
+            job_id=job_id,
+            metadata=metadata,
+            image_rgb=decoded.rgb,
+            probabilities=result.probabilities,
+            triage=result.triage,
+            triage_explanation=explain(result.probabilities, thresholds, result.triage, quality_reason),
+            thresholds=thresholds,
+            model_version=result.model_version,
+            image_sha256=item.image_sha256,
+            received_at=_aware(item.received_at),
+            reported_at=datetime.now(timezone.utc),
+            quality_note=quality_reason,
+        ),
+        report_path,
+    )
+    facts = {
+        "source_format": decoded.source_format,
+        "width": int(decoded.rgb.shape[1]),
+        "height": int(decoded.rgb.shape[0]),
+        "transfer_syntax": decoded.transfer_syntax,
+        "photometric": decoded.photometric,
+    }
+    with rt.sessions.begin() as s:
+        jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path), report_sha)
+    log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
+    return "done"
+

@@ -1,0 +1,72 @@
+"""Thin Celery tasks: load by id, call plain modules, persist, return a state.
+
+Retries: transient trouble (database or broker down, disk) is retried with backoff;
+rejected input never is; the attempts counter in the jobs table stops a poisonous
+image that kills its worker from looping. Tasks are registered on the app that
+``worker.celery_app.create_app`` builds, so tests and production share them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
+
+from worker import pipeline, reconciler
+from worker.celery_app import PROCESS_TASK, RECONCILE_TASK
+from worker.db import jobs
+from worker.errors import TransientError
+from worker.runtime import Runtime, runtime_for
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (TransientError, OperationalError, ConnectionError, TimeoutError)
+
+
+def _record_failure(rt: Runtime, job_id: str, code: str, reason: str) -> None:
+    with rt.sessions.begin() as s:
+        jobs.fail(s, job_id, code, reason)
+
+
+def register_tasks(app: Celery) -> None:
+    @worker_process_init.connect(weak=False)
+    def _after_fork(**_kwargs) -> None:
+        # Quick (Celery allows ~4 s): drop the parent's pool; the model loads on first use.
+        runtime_for(app)
+
+    @app.task(
+        name=PROCESS_TASK,
+        bind=True,
+        autoretry_for=TRANSIENT,
+        retry_backoff=2,
+        retry_backoff_max=300,
+        retry_jitter=True,
+        max_retries=8,
+    )
+    def process_image(self, job_id: str) -> str:
+        rt = runtime_for(self.app)
+        try:
+            return pipeline.process_job(rt, job_id)
+        except TRANSIENT:
+            raise
+        except SoftTimeLimitExceeded:
+            _record_failure(rt, job_id, "timeout", "processing took longer than the time limit")
+            return "failed"
+        except Exception as exc:  # a defect, or an image that breaks a library: record, no loop
+            log.error("job %s failed: %s", job_id, type(exc).__name__)
+            _record_failure(rt, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+            return "failed"
+
+    @app.task(name=RECONCILE_TASK, bind=True)
+    def reconcile(self) -> int:
+        rt = runtime_for(self.app)
+        return reconciler.reconcile(
+            rt.sessions,
+            rt.intake.enqueue,
+            received_grace=timedelta(seconds=max(30.0, rt.settings.poll_interval_s * 5)),
+            stale_after=timedelta(seconds=rt.settings.stale_after_s),
+        )
