@@ -44,13 +44,20 @@ def binary_sens_spec(
     """Sensitivity and specificity when a score ``>= threshold`` counts as positive.
 
     Either value is NaN when its denominator is empty (no positives / no negatives),
-    which :func:`bootstrap_ci` treats as "undefined for this resample".
+    which :func:`bootstrap_ci` treats as "undefined for this resample". Counted with
+    numpy rather than ``sklearn.metrics.confusion_matrix``: it runs inside bootstraps of
+    thousands of resamples, where the scikit-learn input validation dominates.
     """
-    y = np.asarray(y_true).astype(int).ravel()
-    pred = (np.asarray(scores, dtype=float).ravel() >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    sens = tp / (tp + fn) if (tp + fn) else float("nan")
-    spec = tn / (tn + fp) if (tn + fp) else float("nan")
+    y = np.asarray(y_true).astype(bool).ravel()
+    pred = np.asarray(scores, dtype=float).ravel() >= threshold
+    if y.shape != pred.shape:
+        raise ValueError("y_true and scores must have the same length")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    sens = tp / n_pos if n_pos else float("nan")
+    spec = tn / n_neg if n_neg else float("nan")
     return float(sens), float(spec)
 
 
