@@ -39,9 +39,7 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
     sample = rgb[::step, ::step]
     luma = sample.astype(np.float32) @ _LUMA_WEIGHTS
 
-    std = float(luma.std())
-    if std < MIN_LUMA_STD:
-        return False, f"the image is nearly uniform (brightness std {std:.1f}): no visible detail"
+    # Exposure first: a black or white frame is better explained as dark or blown out.
     mean = float(luma.mean())
     lit = float((luma >= LIT_LUMA).mean())
     if mean < MIN_MEAN_LUMA and lit < MIN_LIT_FRACTION:
@@ -51,4 +49,7 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
         return False, f"the image is overexposed: {clipped:.0%} of pixels are blown out to white"
     if mean > MAX_MEAN_LUMA:
         return False, f"the image is overexposed (mean brightness {mean:.0f} of 255)"
+    std = float(luma.std())
+    if std < MIN_LUMA_STD:
+        return False, f"the image is nearly uniform (brightness std {std:.1f}): no visible detail"
     return True, None
