@@ -532,3 +532,22 @@ def test_damaged_files_never_raise_raw_exceptions() -> None:
             except InputRejected:
                 continue
             assert decoded.rgb.dtype == np.uint8 and decoded.rgb.ndim == 3
+
+
+def test_quiet_pydicom_stops_value_echo(monkeypatch) -> None:
+    import logging
+
+    from pydicom import config
+
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.WARN)
+    logger = logging.getLogger("pydicom")
+    monkeypatch.setattr(logger, "level", logger.level)
+    dicom_mod.quiet_pydicom()
+    assert config.settings.reading_validation_mode == config.IGNORE
+    assert logger.level == logging.ERROR
+    data = dicom_bytes(lesion_rgb((64, 64)), metadata={"StudyDate": "notadate"})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_bytes(data).metadata.study_date is None

@@ -18,7 +18,6 @@ JPEG/PNG decisions:
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -138,7 +137,9 @@ def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits) -> np.ndarray:
         raise InputRejected(
             "not_an_image", f"the file has a {name} signature but is not a readable {name}"
         ) from None
-    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on broken headers
         raise InputRejected("truncated", f"the {name} header is broken ({_short(exc)})") from None
     with img:
         width, height = img.size
@@ -149,7 +150,9 @@ def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits) -> np.ndarray:
             raise InputRejected(
                 "decompression_bomb", f"the {name} image is too large to decode"
             ) from None
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any codec failure means broken data
             raise InputRejected(
                 "truncated", f"the {name} data is truncated or corrupt ({_short(exc)})"
             ) from None

@@ -103,7 +103,7 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         photometric = _validate(ds, tsyntax, limits)
         rgb = _pixels(ds, tsyntax, photometric)
         metadata = read_metadata(ds)
-    except InputRejected:
+    except (InputRejected, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - lazily parsed elements fail late
         raise InputRejected(
@@ -228,6 +228,8 @@ def _pixels(ds: Dataset, tsyntax: uid.UID, photometric: str) -> np.ndarray:
         plugin = ""
     try:
         arr, meta = decoder.as_array(ds, index=0, as_rgb=True, decoding_plugin=plugin)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any codec failure means broken pixel data
         raise InputRejected(
             "truncated", f"the DICOM pixel data is truncated or corrupt ({_short(exc)})"
