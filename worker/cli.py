@@ -120,6 +120,18 @@ def reconcile(home: HomeOption = None) -> None:
     typer.echo(f"re-enqueued {sent} job(s)")
 
 
+@app.command()
+def init(home: HomeOption = None) -> None:
+    """Create the folders, migrate the database and seed the model store (idempotent)."""
+    from worker.model_store import ModelStore
+    from worker.service import prepare
+
+    settings = _settings(home)
+    prepare(settings)
+    current = ModelStore(settings.model_store_dir).current_version()
+    typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(home: HomeOption = None,
                revision: Annotated[str, typer.Option()] = "head") -> None:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install melanoma-triage with its test extras (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test,flower]"
+# pdftotext/pdftoppm read the reports in the tests; DejaVu renders non-Latin patient names.
+if ! command -v pdftotext >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq poppler-utils fonts-dejavu-core >/dev/null
+  else
+    echo "please install poppler-utils and fonts-dejavu-core" >&2
+  fi
+fi
