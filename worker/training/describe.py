@@ -169,6 +169,7 @@ def _summary(df: pd.DataFrame, counts: pd.DataFrame) -> str:
     lines = [f"Images: {len(df)} from {df['source'].nunique()} source(s)", ""]
     table = counts.copy()
     table.index = [_display(c) for c in table.index]
+    table.columns.name = None
     table["total"] = table.sum(axis=1)
     table.loc["total"] = table.sum(axis=0)
     lines += ["Images per class and source:", table.to_string(), ""]
