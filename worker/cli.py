@@ -156,4 +156,7 @@ _register_optional()
 
 
 def main() -> None:
+    from worker.imaging.dicom import quiet_pydicom
+
+    quiet_pydicom()
     app()

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.celery_app import send_process
 from worker.classify.model_cache import ModelCache
 from worker.db.engine import make_engine, make_session_factory
+from worker.imaging.dicom import quiet_pydicom
 from worker.intake.admission import Intake
 from worker.model_store import ModelStore
 from worker.settings import Settings
@@ -35,6 +36,7 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
+    quiet_pydicom()
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     store = ModelStore(settings.model_store_dir)

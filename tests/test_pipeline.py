@@ -1,0 +1,89 @@
+"""One job through the plain pipeline modules (no broker): decode, classify, report, persist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from sqlalchemy import select, update
+
+from schemas import CLASS_NAMES, JobState, SourceDoor, TriageLevel
+from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
+from worker import pipeline
+from worker.celery_app import create_app
+from worker.db.models import Image, Job, Prediction, Report
+from worker.runtime import build_runtime
+
+
+@pytest.fixture
+def rt(migrated_settings, store_with_tiny_model):
+    runtime = build_runtime(migrated_settings, create_app(migrated_settings))
+    yield runtime
+    runtime.close()
+
+
+def _admit(rt, data, metadata=None, name="x.dcm"):
+    return rt.intake.admit_bytes(data, SourceDoor.API, metadata, name).job_id
+
+
+def test_dicom_becomes_prediction_report_and_identifiers(rt):
+    data = dicom_bytes(lesion_rgb(seed=2), metadata={"PatientID": "P-77", "AccessionNumber": "A-9"})
+    job_id = _admit(rt, data)
+    assert pipeline.process_job(rt, job_id) == "done"
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+        pred = s.execute(select(Prediction).where(Prediction.job_id == job_id)).scalar_one()
+        report = s.execute(select(Report).where(Report.job_id == job_id)).scalar_one()
+        image = s.get(Image, job.image_id)
+    assert job.state == "done" and job.attempts == 1 and job.finished_at is not None
+    assert pred.model_version == "tiny-1"
+    probs = pred.probabilities()
+    assert set(probs) == set(CLASS_NAMES) and abs(sum(probs.values()) - 1) < 1e-4
+    assert (image.patient_id, image.accession_number, image.source_format) == ("P-77", "A-9", "dicom")
+    assert report.path.endswith(f"A-9_{job_id}.pdf")
+    text = subprocess.run(["pdftotext", report.path, "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "P-77" in text and TriageLevel(pred.triage_level).wording.split(" - ")[0] in text
+
+
+def test_caller_metadata_wins_over_dicom_tags(rt):
+    from schemas import ImageMetadata
+
+    data = dicom_bytes(lesion_rgb(seed=5), metadata={"PatientID": "FROM-FILE"})
+    job_id = _admit(rt, data, ImageMetadata(patient_id="FROM-CALLER", laterality="R"))
+    pipeline.process_job(rt, job_id)
+    with rt.sessions() as s:
+        image = s.get(Job, job_id).image
+        assert (image.patient_id, image.laterality) == ("FROM-CALLER", "R")
+        assert image.study_date is not None  # still read from the file
+
+
+def test_undecodable_image_is_rejected_with_reason_and_sidecar(rt):
+    job_id = _admit(rt, truncated_dicom_bytes(), name="cut.dcm")
+    assert pipeline.process_job(rt, job_id) == "rejected"
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+    assert job.state == "rejected" and job.error
+    sidecar = rt.settings.rejected_dir / f"{job_id}__cut.dcm.json"
+    assert json.loads(sidecar.read_text())["code"] == job.error_code
+    assert pipeline.process_job(rt, job_id) == "skipped"  # never retried
+
+
+def test_finished_job_is_not_processed_twice(rt):
+    job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=6)), name="a.jpg")
+    assert pipeline.process_job(rt, job_id) == "done"
+    assert pipeline.process_job(rt, job_id) == "skipped"
+    with rt.sessions() as s:
+        assert len(s.execute(select(Prediction).where(Prediction.job_id == job_id)).all()) == 1
+
+
+def test_attempts_cap_stops_a_poisonous_job(rt):
+    job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=9)), name="poison.jpg")
+    with rt.sessions.begin() as s:  # as if workers died on it max_attempts times
+        s.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.RUNNING.value, attempts=rt.settings.max_attempts))
+    assert pipeline.process_job(rt, job_id) == "skipped"
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+    assert (job.state, job.error_code) == ("failed", "attempts_exhausted")
