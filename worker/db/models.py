@@ -145,3 +145,57 @@ class Report(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="report")
+
+
+class ModelEvent(Base):
+    """Every change of the model in service: who, what, why."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    action: Mapped[str] = mapped_column(String(16))  # seed | promote | rollback
+    version: Mapped[str] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class GroundTruth(Base):
+    """A confirmed diagnosis that came back (pathology, clinic or consensus)."""
+
+    __tablename__ = "ground_truth"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    diagnosis: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))  # histopathology | clinical | consensus
+    recorded_by: Mapped[str] = mapped_column(String(128))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetrainRun(Base):
+    """One retraining attempt and the gate's decision with its reasons."""
+
+    __tablename__ = "retrain_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | manual
+    state: Mapped[str] = mapped_column(String(16), index=True)  # running | promoted | kept | failed
+    champion_version: Mapped[str | None] = mapped_column(String(64))
+    challenger_version: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[dict] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Lock(Base):
+    """A named lease held in the database, safe across machines (one retraining at a time)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
