@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = 50_000_000
     max_file_bytes: int = 200 * 1024 * 1024
     retrain_cron: str = Field("0 3 * * 0", description="Retraining schedule (crontab: min hour dom month dow)")
+    # Retraining (worker/retrain): base data, trainer, locked evaluation set and gate policy.
+    training_data_dirs: list[Path] = Field(default_factory=list, description="Base training data roots (JSON list)")
+    retrain_trainer: str = Field("worker.retrain.training:train_mobilenet", description="module:function")
+    retrain_train_args: dict = Field(default_factory=dict, description="TrainConfig overrides (JSON)")
+    retrain_eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of new images locked for evaluation")
+    retrain_auc_margin: float = Field(0.02, ge=0, description="Melanoma AUC non-inferiority margin")
+    retrain_min_sensitivity: float = Field(0.95, ge=0, le=1, description="Urgent melanoma sensitivity gate")
+    retrain_max_ece: float = Field(0.10, ge=0, le=1, description="Calibration error gate")
+    retrain_min_positives: int = Field(10, ge=1, description="Melanomas (and others) the locked set needs")
+    retrain_lock_ttl_s: int = Field(600, ge=10, description="Retraining lease; renewed every third of it")
+    retrain_time_limit_s: int = Field(6 * 3600, ge=60, description="Hard time limit of the retrain task")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

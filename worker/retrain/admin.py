@@ -1,0 +1,179 @@
+"""Changes of the model in service, each recorded in ``model_events`` with who and why.
+
+* ``promote``: make a stored version current.
+* ``rollback``: go back to the version that was current before the latest promote or
+  rollback (``previous_version`` of the latest event that made the current version
+  current), or to an explicit target.
+* ``record_seed``: the first adoption of the shipped model by a fresh store.
+
+The pointer switch and its event row are one unit: the event is flushed inside a
+transaction, the pointer is switched, then the transaction commits; if the commit fails the
+pointer is switched back. All changes hold the short ``model-pointer`` lease so that a
+manual promotion and a retraining's promotion never interleave.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.db.models import ModelEvent
+from worker.errors import ModelNotAvailable, TriageError
+from worker.model_store import ModelStore
+from worker.retrain.lock import pointer_lock
+
+SEED, PROMOTE, ROLLBACK = "seed", "promote", "rollback"
+
+
+class AdminError(TriageError):
+    """A store change that cannot be made (no reason, unknown version, nothing to roll back to)."""
+
+
+def actor_name(by: str | None = None) -> str:
+    """``--by`` when given, else the operating-system user at this host."""
+    if by and by.strip():
+        return by.strip()[:128]
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name in a container
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:128]
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str
+    version: str
+    previous_version: str | None
+    actor: str
+    reason: str
+    event_id: str
+
+
+def switch(store: ModelStore, sessions: sessionmaker[Session], action: str, version: str,
+           actor: str, reason: str, expect_current: str | None = None, hold_lock: bool = True) -> Change:
+    """Point CURRENT at ``version`` and record the event. ``expect_current``: refuse when the
+    pointer moved since the caller looked (a retraining's champion was replaced meanwhile)."""
+    if not reason or not reason.strip():
+        raise AdminError(f"{action} needs a reason")
+    if version not in store.list_versions():
+        raise AdminError(f"version {version!r} is not in the store {store.root}")
+    store.verify(version)
+
+    def _do() -> Change:
+        previous = store.current_version()
+        if expect_current is not None and previous != expect_current:
+            raise AdminError(f"the current version changed to {previous} meanwhile; not switching")
+        if previous == version:
+            raise AdminError(f"{version} is already the current version")
+        with sessions.begin() as s:
+            event = ModelEvent(action=action, version=version, previous_version=previous,
+                               actor=actor, reason=reason.strip())
+            s.add(event)
+            s.flush()
+            store.set_current(version)
+            event_id = event.id
+        # a failed commit raises above, after set_current: put the pointer back
+        return Change(action, version, previous, actor, reason.strip(), event_id)
+
+    def _guarded() -> Change:
+        previous = store.current_version()
+        try:
+            return _do()
+        except AdminError:
+            raise
+        except Exception:
+            if store.current_version() != previous and previous is not None:
+                store.set_current(previous)
+            raise
+
+    if not hold_lock:
+        return _guarded()
+    with pointer_lock(sessions):
+        return _guarded()
+
+
+def promote(store: ModelStore, sessions: sessionmaker[Session], version: str, actor: str,
+            reason: str) -> Change:
+    return switch(store, sessions, PROMOTE, version, actor, reason)
+
+
+def rollback_target(store: ModelStore, session: Session) -> str:
+    """The version that was current before the latest change to the current version."""
+    current = store.current_version()
+    event = session.execute(
+        select(ModelEvent).where(ModelEvent.action.in_([PROMOTE, ROLLBACK, SEED]))
+        .order_by(ModelEvent.created_at.desc()).limit(1)
+    ).scalar_one_or_none()
+    if event is None or event.version != current or not event.previous_version:
+        raise AdminError("no earlier version recorded to roll back to; name one with --to")
+    return event.previous_version
+
+
+def rollback(store: ModelStore, sessions: sessionmaker[Session], actor: str, reason: str,
+             target: str | None = None) -> Change:
+    with sessions() as s:
+        target = target or rollback_target(store, s)
+    return switch(store, sessions, ROLLBACK, target, actor, reason)
+
+
+def record_seed(store: ModelStore, sessions: sessionmaker[Session]) -> bool:
+    """Record the shipped model's adoption once (a cheap count when already recorded)."""
+    current = store.current_version()
+    if current is None:
+        return False
+    with sessions.begin() as s:
+        if s.scalar(select(func.count()).select_from(ModelEvent)):
+            return False
+        s.add(ModelEvent(action=SEED, version=current, previous_version=None,
+                         actor=actor_name("melanoma-triage prepare"),
+                         reason="store seeded from the model shipped with the package"))
+    return True
+
+
+def events(session: Session, limit: int = 50) -> list[dict]:
+    rows = session.execute(select(ModelEvent).order_by(ModelEvent.created_at.desc()).limit(limit))
+    return [{"at": e.created_at.isoformat(), "action": e.action, "version": e.version,
+             "previous_version": e.previous_version, "actor": e.actor, "reason": e.reason}
+            for (e,) in rows]
+
+
+def _headline(metrics: dict) -> dict:
+    mel = (metrics.get("test") or {}).get("melanoma") or {}
+    auc = (mel.get("auc") or {}).get("value") if isinstance(mel.get("auc"), dict) else mel.get("auc")
+    sens = mel.get("sensitivity")
+    sens = sens.get("value") if isinstance(sens, dict) else sens
+    return {"melanoma_auc": auc, "melanoma_sensitivity": sens}
+
+
+def list_versions(store: ModelStore) -> list[dict]:
+    current = store.current_version()
+    out = []
+    for version in store.list_versions():
+        try:
+            meta = store.metadata(version)
+        except ModelNotAvailable:
+            continue
+        out.append({"version": version, "current": version == current,
+                    "created_at": meta.created_at.isoformat(), "parent_version": meta.parent_version,
+                    "sha256": meta.sha256, "input_size": meta.input_size,
+                    **_headline(meta.metrics)})
+    return out
+
+
+def show(store: ModelStore, version: str) -> dict:
+    """model.json plus the list of files and the model card of one version."""
+    meta = store.metadata(version)
+    folder = store.version_dir(version)
+    card = folder / "model_card.md"
+    return {
+        "current": store.current_version() == version,
+        "metadata": json.loads(meta.model_dump_json()),
+        "files": sorted(p.name for p in folder.iterdir()),
+        "model_card": card.read_text() if card.is_file() else None,
+    }

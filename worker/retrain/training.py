@@ -1,0 +1,58 @@
+"""Challenger trainers: ``TrainRequest -> ModelMetadata``, writing a complete version folder.
+
+The default is the product's own training (``worker.training.train``, MobileNet). A
+deployment may name another with ``TRIAGE_RETRAIN_TRAINER=module:function`` (tests use a
+tiny network to stay within seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import ModelMetadata
+
+DEFAULT_TRAINER = "worker.retrain.training:train_mobilenet"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: tuple[Path, ...]  # staged data roots (train-role images only)
+    out: Path  # the version folder to write
+    parent_version: str | None
+    champion_dir: Path | None  # the champion's version folder (for a warm start)
+    cache_dir: Path
+    command: str
+    options: dict = field(default_factory=dict)  # settings.retrain_train_args
+
+
+Trainer = Callable[[TrainRequest], ModelMetadata]
+
+
+def train_mobilenet(req: TrainRequest) -> ModelMetadata:
+    """``worker.training.train.train`` with ``retrain_train_args`` as TrainConfig overrides.
+
+    No warm start: TrainConfig starts from ImageNet weights (or none), which keeps every
+    version reproducible from its data manifest and command.
+    """
+    from worker.training.train import TrainConfig, train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out", "command",
+                                                                 "parent_version", "cache_dir"}
+    opts = {k: v for k, v in req.options.items() if k in names}
+    if isinstance(opts.get("weights"), str):
+        opts["weights"] = None if opts["weights"].lower() == "none" else Path(opts["weights"])
+    cfg = TrainConfig(data=req.data, out=req.out, command=req.command,
+                      parent_version=req.parent_version, cache_dir=req.cache_dir, **opts)
+    return train(cfg)
+
+
+def load_trainer(spec: str) -> Trainer:
+    """``module:function`` -> the function."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"trainer {spec!r} must look like module:function")
+    return getattr(importlib.import_module(module), name)
