@@ -56,10 +56,10 @@ def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model
     store.set_current(store.add_version(tiny_model_dir))
     env = dict(os.environ, TRIAGE_POLL_INTERVAL_S="0.2", TRIAGE_WORKER_CONCURRENCY="1",
                **backend_env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run", "--home", str(home)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log_path = tmp_path / "run.log"  # a file, not a pipe: an unread pipe would block the tree
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--home", str(home)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         intake = home / "intake"
         _wait_for(intake.is_dir, 60, "the intake folder")
@@ -76,10 +76,15 @@ def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model
                          else None, 180, "two PDF reports")
         sidecars = _wait_for(lambda: list((home / "rejected").glob("*__broken.dcm.json")), 60,
                              "the rejection sidecar")
-    finally:
+    except AssertionError:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+        proc.wait(timeout=120)
+        print(log_path.read_text()[-20000:])
+        raise
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-5000:]
     assert "melanoma-triage stopped." in out
 
     dicom_pdf = [p for p in pdfs if p.name.startswith("ACC-E2E-1_")]

@@ -13,7 +13,6 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.celery_app import send_process
 from worker.classify.model_cache import ModelCache
 from worker.db.engine import make_engine, make_session_factory
 from worker.imaging.dicom import quiet_pydicom
@@ -36,6 +35,8 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
+    from worker.celery_app import send_process  # not at import: celery_app imports the tasks
+
     quiet_pydicom()
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)

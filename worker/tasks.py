@@ -40,6 +40,7 @@ def register_tasks(app: Celery) -> None:
 
     @app.task(
         name=PROCESS_TASK,
+        shared=False,
         bind=True,
         autoretry_for=TRANSIENT,
         retry_backoff=2,
@@ -61,7 +62,7 @@ def register_tasks(app: Celery) -> None:
             _record_failure(rt, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
             return "failed"
 
-    @app.task(name=RECONCILE_TASK, bind=True)
+    @app.task(name=RECONCILE_TASK, bind=True, shared=False)
     def reconcile(self) -> int:
         rt = runtime_for(self.app)
         return reconciler.reconcile(
