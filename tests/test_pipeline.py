@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from schemas import CLASS_NAMES, JobState, SourceDoor, TriageLevel
+from tests import imagegen
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
 from worker import pipeline
 from worker.celery_app import create_app
@@ -68,6 +69,24 @@ def test_undecodable_image_is_rejected_with_reason_and_sidecar(rt):
     sidecar = rt.settings.rejected_dir / f"{job_id}__cut.dcm.json"
     assert json.loads(sidecar.read_text())["code"] == job.error_code
     assert pipeline.process_job(rt, job_id) == "skipped"  # never retried
+
+
+@pytest.mark.parametrize("make, code", [
+    (imagegen.dicom_without_pixels, "dicom_no_pixel_data"),
+    (imagegen.dicom_monochrome16, "dicom_unsupported"),
+    (imagegen.dicom_multiframe, "dicom_unsupported"),
+    (imagegen.bomb_png_bytes, "decompression_bomb"),
+    (imagegen.truncated_jpeg_bytes, "truncated"),
+    (imagegen.corrupt_dicom_bytes, "dicom_invalid"),
+])
+def test_every_bad_input_ends_as_a_recorded_rejection(rt, make, code):
+    job_id = _admit(rt, make(), name=f"bad {code}.bin")
+    assert pipeline.process_job(rt, job_id) == "rejected"
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+    assert (job.state, job.error_code) == ("rejected", code) and job.error
+    kept = rt.settings.rejected_dir / f"{job_id}__bad_{code}.bin"
+    assert kept.exists() and json.loads(kept.with_name(kept.name + ".json").read_text())["code"] == code
 
 
 def test_finished_job_is_not_processed_twice(rt):
