@@ -102,3 +102,21 @@ def tiny_trainer(req) -> "ModelMetadata":
     (req.out / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
     (req.out / "model_card.md").write_text(f"# Model card: {meta.version}\n\nTiny test network.\n")
     return meta
+
+
+def crashing_trainer(req) -> "ModelMetadata":
+    """Dies half-way: a partial model file in the staging folder, then an exception."""
+    req.out.mkdir(parents=True, exist_ok=True)
+    (req.out / "model.keras").write_bytes(b"PK\x03\x04 half-written")
+    raise RuntimeError("trainer died half-way (test)")
+
+
+def killed_trainer(req) -> "ModelMetadata":
+    """Dies like an OOM kill: a partial model file, then SIGKILL of its own process."""
+    import os
+    import signal
+
+    req.out.mkdir(parents=True, exist_ok=True)
+    (req.out / "model.keras").write_bytes(b"PK\x03\x04 half-written")
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

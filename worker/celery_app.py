@@ -56,6 +56,8 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_s},
+            "retrain": {"task": RETRAIN_TASK, "schedule": _crontab(settings.retrain_cron),
+                        "args": ["schedule"], "options": {"queue": RETRAIN_QUEUE}},
         },
         timezone="UTC",
     )

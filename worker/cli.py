@@ -144,6 +144,12 @@ def db_upgrade(home: HomeOption = None,
     typer.echo(f"database at revision {current_revision(settings.database_url)}")
 
 
+def _register_retrain() -> None:
+    from worker.retrain.cli import register
+
+    register(app)
+
+
 def _register_optional() -> None:
     try:
         from worker.training.cli import register
@@ -153,6 +159,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
+_register_retrain()
 
 
 def main() -> None:

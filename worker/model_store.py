@@ -59,7 +59,8 @@ class ModelStore:
         if not self.versions_dir.is_dir():
             return []
         return sorted(
-            p.name for p in self.versions_dir.iterdir() if (p / METADATA_FILE).is_file()
+            p.name for p in self.versions_dir.iterdir()
+            if not p.name.startswith(".") and (p / METADATA_FILE).is_file()  # skip add_version staging
         )
 
     def current_version(self) -> str | None:

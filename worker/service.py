@@ -25,7 +25,20 @@ def prepare(settings: Settings) -> None:
     """Folders, schema and model store: everything a fresh home folder needs."""
     settings.ensure_folders()
     upgrade(settings.database_url)
-    ModelStore(settings.model_store_dir).seed_from()
+    store = ModelStore(settings.model_store_dir)
+    store.seed_from()
+    _record_seed(settings, store)
+
+
+def _record_seed(settings: Settings, store: ModelStore) -> None:
+    """A ``seed`` model event the first time a store has a current version (one count query after)."""
+    from worker.retrain.admin import record_seed
+
+    engine = make_engine(settings.database_url)
+    try:
+        record_seed(store, make_session_factory(engine))
+    finally:
+        engine.dispose()
 
 
 def child_env(settings: Settings) -> dict[str, str]:

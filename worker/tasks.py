@@ -17,7 +17,7 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
 from worker import pipeline, reconciler
-from worker.celery_app import PROCESS_TASK, RECONCILE_TASK
+from worker.celery_app import PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK
 from worker.db import jobs
 from worker.errors import TransientError
 from worker.runtime import Runtime, runtime_for
@@ -71,3 +71,14 @@ def register_tasks(app: Celery) -> None:
             received_grace=timedelta(seconds=max(30.0, rt.settings.poll_interval_s * 5)),
             stale_after=timedelta(seconds=rt.settings.stale_after_s),
         )
+
+    retrain_limit = app.triage_settings.retrain_time_limit_s
+
+    @app.task(name=RETRAIN_TASK, bind=True, shared=False, time_limit=retrain_limit,
+              soft_time_limit=max(30, retrain_limit - 300))
+    def retrain(self, trigger: str = "schedule") -> str:
+        """Runs on the "retrain" queue. The database lease, not the broker, prevents double
+        runs: a redelivered message finds the lease held and returns "busy"."""
+        from worker.retrain.cycle import run_retrain
+
+        return run_retrain(self.app.triage_settings, trigger=trigger).state
