@@ -243,7 +243,9 @@ def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], box: float) -> l
     pil = PILImage.fromarray(c.image_rgb, mode="RGB")
     pil.thumbnail((600, 600), PILImage.Resampling.LANCZOS)  # enough for print at this size
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=True)
+    # JPEG is embedded as-is (DCTDecode); a PNG would be re-encoded by reportlab in Python,
+    # which took ~0.65 s of the ~1 s per job (benchmarks/bench_pipeline.py).
+    pil.save(buf, format="JPEG", quality=92, subsampling=0)
     buf.seek(0)
     scale = min(box / w, box / h)
     img = Image(buf, width=w * scale, height=h * scale)
