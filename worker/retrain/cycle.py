@@ -147,7 +147,8 @@ def _stage_training(rows: pd.DataFrame, confirmed: list[tuple[truth.ConfirmedCas
 
 
 def _negative_control(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Shuffle (label, melanoma) across the training rows: a challenger that must be refused."""
+    """Shuffle (label, melanoma) across the training rows: a challenger that must be refused
+    (``retrain --negative-control``, a drill that shows the gate works on this deployment)."""
     rows = rows.copy()
     perm = np.random.default_rng(seed).permutation(len(rows))
     rows["label"] = rows["label"].to_numpy()[perm]
@@ -180,8 +181,9 @@ def gather(settings: Settings, sessions: sessionmaker[Session], store: ModelStor
     conf_eval = [(c, p) for c, p in written if role_of[c.sha256] == EVAL]
 
     train_rows = base[base["role"] == TRAIN]
-    if negative_control:
+    if negative_control:  # the drill: shuffled base labels only, no (correct) confirmed cases
         train_rows = _negative_control(train_rows, seed=settings.retrain_train_args.get("seed", 42))
+        conf_train = []
     _stage_training(train_rows, conf_train, stage / "data")
 
     base_eval = base[base["role"] == EVAL]
