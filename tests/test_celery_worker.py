@@ -93,3 +93,17 @@ def test_a_message_the_broker_lost_is_recovered_by_the_reconciler(prod_settings,
                                     now=later)
         assert sent == 1
         assert _wait_final(client, job_id) == "done"
+
+
+def test_a_job_waits_for_a_model_instead_of_failing(prod_settings, worker):
+    store = ModelStore(prod_settings.model_store_dir)
+    version = store.current_version()
+    (store.root / "CURRENT").unlink()  # an operator emptied the pointer
+    with TriageClient(prod_settings) as client:
+        job_id = client.submit(dicom_bytes(lesion_rgb(seed=23))).job_id
+        time.sleep(4)
+        with client.intake.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.state in ("queued", "running") and job.attempts <= 1
+        store.set_current(version)
+        assert _wait_final(client, job_id, timeout=120) == "done"

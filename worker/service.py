@@ -73,6 +73,10 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
 
 def run_service(settings: Settings) -> int:
     prepare(settings)
+    if ModelStore(settings.model_store_dir).current_version() is None:
+        log.error("the model store %s has no current model: train one (melanoma-triage train) "
+                  "and promote it (melanoma-triage models promote)", settings.model_store_dir)
+        return 2
     env = child_env(settings)
     children = {name: subprocess.Popen(cmd, env=env, start_new_session=True)
                 for name, cmd in celery_commands(settings).items()}

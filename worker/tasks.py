@@ -19,17 +19,27 @@ from sqlalchemy.exc import OperationalError
 from worker import pipeline, reconciler
 from worker.celery_app import PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK
 from worker.db import jobs
-from worker.errors import TransientError
+from worker.errors import ModelNotAvailable, TransientError
 from worker.runtime import Runtime, runtime_for
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (TransientError, OperationalError, ConnectionError, TimeoutError)
+# ModelNotAvailable: an empty or half-written store is an operations problem, not the
+# image's fault; retry until someone promotes a model (the attempts cap still applies).
+TRANSIENT = (TransientError, ModelNotAvailable, OperationalError, ConnectionError, TimeoutError)
 
 
 def _record_failure(rt: Runtime, job_id: str, code: str, reason: str) -> None:
     with rt.sessions.begin() as s:
         jobs.fail(s, job_id, code, reason)
+
+
+def _release(rt: Runtime, job_id: str) -> None:
+    try:
+        with rt.sessions.begin() as s:
+            jobs.release(s, job_id)
+    except OperationalError:
+        pass  # the database itself is down: the attempt stays counted
 
 
 def register_tasks(app: Celery) -> None:
@@ -52,7 +62,9 @@ def register_tasks(app: Celery) -> None:
         rt = runtime_for(self.app)
         try:
             return pipeline.process_job(rt, job_id)
-        except TRANSIENT:
+        except TRANSIENT as exc:
+            log.warning("job %s: %s; retrying with backoff", job_id, type(exc).__name__)
+            _release(rt, job_id)
             raise
         except SoftTimeLimitExceeded:
             _record_failure(rt, job_id, "timeout", "processing took longer than the time limit")

@@ -73,6 +73,15 @@ def start_attempt(session: Session, job_id: str, max_attempts: int) -> WorkItem 
     )
 
 
+def release(session: Session, job_id: str) -> None:
+    """Give back an attempt that failed for reasons outside the image (it will be retried)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.attempts > 0)
+        .values(state=JobState.QUEUED.value, attempts=Job.attempts - 1, updated_at=utcnow())
+    )
+
+
 def _finish(job: Job, state: JobState, code: str | None = None, reason: str | None = None) -> None:
     job.state = state.value
     job.error_code = code
