@@ -1,0 +1,93 @@
+"""Temperature scaling and operating points on synthetic scores with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES
+from worker.training import calibration
+
+MEL = CLASS_NAMES.index(MELANOMA)
+K = len(CLASS_NAMES)
+
+
+def _sample(true_t: float, n: int = 6000, seed: int = 0):
+    """Labels drawn from softmax(z / true_t): the NLL-optimal temperature is true_t."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 3, (n, K))
+    p = calibration.softmax_t(z, true_t)
+    labels = np.array([rng.choice(K, p=row) for row in p])
+    return z, labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_temperature_recovers_the_generating_temperature(true_t):
+    z, labels = _sample(true_t)
+    masks = np.eye(K, dtype=np.float32)[labels]
+    t = calibration.fit_temperature(z, masks)
+    assert t == pytest.approx(true_t, rel=0.1)
+    assert calibration.partial_nll(z, masks, t) <= calibration.partial_nll(z, masks, 1.0) + 1e-9
+
+
+def test_partial_label_rows_use_the_melanoma_axis():
+    z = np.zeros((2, K))
+    z[:, MEL] = np.log(3.0 * (K - 1))  # P(melanoma) = 0.75
+    pos = np.zeros(K); pos[MEL] = 1
+    neg = np.ones(K); neg[MEL] = 0
+    assert calibration.partial_nll(z[:1], pos[None], 1.0) == pytest.approx(-np.log(0.75))
+    assert calibration.partial_nll(z[1:], neg[None], 1.0) == pytest.approx(-np.log(0.25))
+
+
+def test_sensitivity_threshold_is_the_largest_meeting_the_target():
+    y = np.array([1] * 20 + [0] * 80)
+    scores = np.concatenate([np.linspace(0.05, 1.0, 20), np.linspace(0.0, 0.5, 80)])
+    t = calibration.sensitivity_threshold(y, scores, 0.95)
+    sens = ((scores >= t) & (y == 1)).sum() / 20
+    assert sens >= 0.95
+    assert ((scores >= t + 1e-9) & (y == 1)).sum() / 20 < 0.95  # any higher t misses the target
+    assert t == pytest.approx(np.linspace(0.05, 1.0, 20)[1])
+
+
+def test_choose_thresholds_records_validation_sens_spec():
+    rng = np.random.default_rng(1)
+    n = 3000
+    labels = rng.integers(0, K, n)
+    z = rng.normal(0, 1, (n, K))
+    z[np.arange(n), labels] += 2.5
+    probs = calibration.softmax_t(z, 1.0)
+    mel = (labels == MEL).astype(int)
+    labels_partial = labels.copy()
+    labels_partial[:200] = -1  # melanoma-only rows still count for the urgent threshold
+    th = calibration.choose_thresholds(probs, labels_partial, mel)
+    assert th.urgent_sensitivity >= 0.95 and th.soon_sensitivity >= 0.90
+    assert 0 < th.urgent_specificity < 1 and 0 < th.soon_specificity < 1
+    soon_idx = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
+    known = labels_partial >= 0
+    soon_true = np.isin(labels[known], soon_idx)
+    s = probs[known][:, soon_idx].sum(axis=1)
+    assert ((s >= th.soon_keratinocyte) & soon_true).sum() / soon_true.sum() >= 0.90
+    assert 0 <= th.min_confidence <= calibration.MIN_CONFIDENCE_CAP
+
+
+def test_min_confidence_marks_the_band_that_is_mostly_wrong():
+    # 100 rows at confidence 0.3 (20% right), 100 at 0.9 (all right)
+    probs = np.full((200, K), 0.0)
+    labels = np.zeros(200, dtype=int)
+    probs[:100, 0] = 0.3; probs[:100, 1:] = 0.7 / (K - 1)
+    labels[:100] = np.where(np.arange(100) < 20, 0, 1)
+    probs[100:, 0] = 0.9; probs[100:, 1:] = 0.1 / (K - 1)
+    th = calibration.min_confidence_threshold(probs, labels)
+    # the band below 0.9 is 20% right: the threshold covers it, up to the cap
+    assert th == pytest.approx(calibration.MIN_CONFIDENCE_CAP)
+    # a model that is right at every confidence gets no indeterminate band
+    assert calibration.min_confidence_threshold(probs, np.zeros(200, dtype=int)) == 0.0
+
+
+def test_calibrate_improves_nll_of_overconfident_logits():
+    z, labels = _sample(1.0, n=3000, seed=2)
+    over = 3.0 * z  # an overconfident model
+    masks = np.eye(K, dtype=np.float32)[labels]
+    rec = calibration.calibrate(over, masks, labels, (labels == MEL).astype(int))
+    assert rec["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert rec["nll_after"] < rec["nll_before"] and rec["ece_after"] < rec["ece_before"]

@@ -1,0 +1,117 @@
+"""Classifier on a tiny generated model in a temporary store: shapes, calibration, triage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, TriageLevel, TriageThresholds
+from worker.classify.inference import Classifier, configure_tensorflow
+from worker.classify.preprocess import to_model_input
+from worker.errors import ModelNotAvailable
+from worker.model_store import MODEL_FILE, METADATA_FILE, ModelStore, file_sha256
+
+SIZE = 32
+T = 2.0
+
+
+def _write_version(root: Path, name: str, thresholds: TriageThresholds) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(len(CLASS_NAMES))(x))
+    d = root / "versions" / name
+    d.mkdir(parents=True)
+    model.save(d / MODEL_FILE)
+    meta = ModelMetadata(version=name, created_at=datetime.now(timezone.utc),
+                         sha256=file_sha256(d / MODEL_FILE), input_size=SIZE, temperature=T,
+                         thresholds=thresholds)
+    (d / METADATA_FILE).write_text(meta.model_dump_json())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ModelStore:
+    configure_tensorflow(1)
+    root = tmp_path_factory.mktemp("store")
+    _write_version(root, "v-normal", TriageThresholds(urgent_melanoma=0.99, soon_keratinocyte=0.99,
+                                                      min_confidence=0.0))
+    _write_version(root, "v-urgent", TriageThresholds(urgent_melanoma=0.0, soon_keratinocyte=0.5,
+                                                      min_confidence=0.2))
+    _write_version(root, "v-unsure", TriageThresholds(urgent_melanoma=1.0, soon_keratinocyte=1.0,
+                                                      min_confidence=1.0))
+    s = ModelStore(root)
+    s.set_current("v-normal")
+    return s
+
+
+def _rgb(h: int = 50, w: int = 70, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_probabilities_are_calibrated_softmax_of_logits(store):
+    clf = Classifier.from_store(store)
+    assert clf.version == "v-normal" and clf.metadata.temperature == T
+    rgb = _rgb()
+    probs = clf.probabilities(rgb)
+    assert list(probs) == list(CLASS_NAMES)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+    import keras
+
+    model = keras.saving.load_model(store.model_path("v-normal"), compile=False)
+    logits = np.asarray(model(to_model_input(rgb, SIZE).astype("float32")[None]))[0]
+    z = logits / T
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert np.allclose([probs[c] for c in CLASS_NAMES], expected, atol=1e-5)
+
+
+def test_any_input_size_and_deterministic(store):
+    clf = Classifier.from_store(store, "v-normal")
+    a = clf.probabilities(_rgb(300, 200, seed=3))
+    b = clf.probabilities(_rgb(300, 200, seed=3))
+    assert a == b
+    clf.probabilities(_rgb(SIZE, SIZE))
+    with pytest.raises(ValueError):
+        clf.probabilities(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_predict_applies_the_versions_thresholds(store):
+    rgb = _rgb()
+    normal = Classifier.from_store(store, "v-normal").predict(rgb)
+    assert normal.triage == TriageLevel.ROUTINE
+    assert normal.predicted_class == max(normal.probabilities, key=normal.probabilities.get)
+    assert normal.melanoma_probability == normal.probabilities[MELANOMA]
+    urgent = Classifier.from_store(store, "v-urgent")
+    assert urgent.predict(rgb).triage == TriageLevel.URGENT
+    assert urgent.predict(rgb, usable_image=False).triage == TriageLevel.INDETERMINATE
+    assert Classifier.from_store(store, "v-unsure").predict(rgb).triage == TriageLevel.INDETERMINATE
+    assert json.loads(normal.model_dump_json())["model_version"] == "v-normal"
+
+
+def test_from_store_refuses_a_corrupt_model(store, tmp_path):
+    import shutil
+
+    bad = ModelStore(tmp_path / "bad")
+    shutil.copytree(store.root / "versions" / "v-normal", bad.versions_dir / "v-normal")
+    meta = json.loads((bad.version_dir("v-normal") / METADATA_FILE).read_text())
+    meta["sha256"] = "0" * 64
+    (bad.version_dir("v-normal") / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelNotAvailable):
+        Classifier.from_store(bad, "v-normal")
+    with pytest.raises(ModelNotAvailable):
+        Classifier.from_store(ModelStore(tmp_path / "empty"))
+
+
+def test_importing_inference_does_not_import_tensorflow():
+    code = ("import sys, worker.classify.inference, worker.training.cli; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,0 +1,108 @@
+"""End-to-end training on a tiny generated data set (no ../shared): the CLI writes a complete
+version folder that the model store accepts and the Classifier loads."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from schemas import CLASS_NAMES, ModelMetadata
+from tests.test_datachecks import make_fixture_data
+from worker.model_store import ModelStore
+from worker.training.cli import register
+
+EXPECTED_FILES = ("model.keras", "model.json", "split.csv", "data_quality.json", "data_quality.md",
+                  "calibration.json", "metrics.json", "training_log.csv", "model_card.md",
+                  "evaluation.pdf")
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_show_locals=False)
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    facts = make_fixture_data(data, per_class=5)
+    out = root / "version"
+    args = ["train", "--data", str(data), "--out", str(out), "--weights", "none",
+            "--input-size", "32", "--head-epochs", "1", "--epochs", "1", "--batch-size", "16",
+            "--cache-dir", str(root / "cache"), "--n-boot", "20", "--seed", "7"]
+    result = CliRunner().invoke(_app(), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root, data, out, facts, result.output
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_version_folder(trained):
+    root, _, out, _, output = trained
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file(), name
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert meta.version in output and meta.version.endswith(meta.sha256[:8])
+    assert meta.input_size == 32 and meta.class_names == list(CLASS_NAMES)
+    assert meta.temperature > 0 and meta.data_manifest_sha256 and meta.training_command
+    assert 0 <= meta.thresholds.urgent_melanoma <= 1
+    split = pd.read_csv(out / "split.csv")
+    assert list(split.columns) == ["image_id", "sha256", "source", "subset"]
+    assert set(split["subset"]) == {"train", "val", "test"}
+    log = pd.read_csv(out / "training_log.csv")
+    assert len(log) == 2 and "val_loss" in log.columns
+    calib = json.loads((out / "calibration.json").read_text())
+    assert calib["temperature"] == pytest.approx(meta.temperature)
+
+    store = ModelStore(root / "store")
+    version = store.add_version(out)
+    store.set_current(version)
+    assert not (store.version_dir(version) / "checkpoints").exists()
+
+    from worker.classify.inference import Classifier
+    import numpy as np
+
+    clf = Classifier.from_store(store)
+    res = clf.predict(np.full((40, 60, 3), 128, dtype=np.uint8))
+    assert res.model_version == version and set(res.probabilities) == set(CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_checkpoints(trained):
+    root, data, out, _, _ = trained
+    state_file = out / "checkpoints" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["phase"] == 3 and state["epoch"] == 2
+    # as if interrupted after the first fine-tuning epoch of a 2-epoch fine-tune
+    state_file.write_text(json.dumps({"phase": 2, "epoch": 2, "best_val_loss": state["best_val_loss"]}))
+    args = ["train", "--data", str(data), "--out", str(out), "--weights", "none",
+            "--input-size", "32", "--head-epochs", "1", "--epochs", "2", "--batch-size", "16",
+            "--cache-dir", str(root / "cache"), "--n-boot", "20", "--seed", "7", "--resume"]
+    result = CliRunner().invoke(_app(), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+    assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_predict_and_data_commands(trained, tmp_path):
+    root, data, out, _, _ = trained
+    store = ModelStore(root / "store2")
+    version = store.add_version(out)
+    store.set_current(version)
+    img = next((data / "ham10000-224" / "images").iterdir())
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["predict", str(img), "--store", str(store.root)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.output.strip().splitlines()[-1])
+    assert line["model_version"] == version and line["triage"] in {"urgent", "soon", "routine", "indeterminate"}
+    res = runner.invoke(_app(), ["predict", str(img), "--store", str(store.root), "--format", "table"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0 and version in res.output
+    res = runner.invoke(_app(), ["data", "check", "--data", str(data), "--out", str(tmp_path / "dq")],
+                        catch_exceptions=False)
+    assert res.exit_code == 0 and (tmp_path / "dq" / "data_quality.md").is_file()

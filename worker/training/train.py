@@ -1,0 +1,336 @@
+"""One training run: data checks -> split -> cache -> two-phase fine-tuning -> calibration ->
+evaluation -> a complete, self-contained model store version folder.
+
+Output folder (``--out``)::
+
+    model.keras  model.json  split.csv  data_quality.json/.md  calibration.json
+    metrics.json  evaluation.pdf  *.png  training_log.csv  model_card.md
+    checkpoints/  (resume state; the store ignores it)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from schemas import CLASS_NAMES, ModelMetadata, TriageThresholds
+from worker.model_store import MODEL_FILE, METADATA_FILE, file_sha256
+from worker.training import calibration, datachecks, dataset, manifest, network, split
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+LAST_WEIGHTS = "last.weights.h5"
+BEST_WEIGHTS = "best.weights.h5"
+LOG_FILE = "training_log.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[Path, ...]
+    out: Path
+    input_size: int = 224
+    weights: Path | None = network.DEFAULT_WEIGHTS
+    head_epochs: int = 3
+    epochs: int = 30  # maximum fine-tuning epochs (early stopping usually ends sooner)
+    batch_size: int = 32
+    seed: int = 42
+    resume: bool = False
+    cache_dir: Path = Path("runs/cache")
+    threads: int = 2
+    patience: int = 6
+    lr_head: float = 1e-3
+    lr_fine: float = 1e-4
+    unfreeze_from: str = "conv_dw_4"
+    partial_labels: bool = True
+    limit: int | None = None  # smoke runs: a random subset of this many images
+    parent_version: str | None = None
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
+    verbose: int | None = None
+    n_boot: int = 1000
+
+
+def _say(msg: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", flush=True)
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, str, dict]:
+    """Manifest, checks (reports written into ``cfg.out``), split (split.csv)."""
+    scan = manifest.scan(list(cfg.data))
+    man_hash = manifest.manifest_sha256(scan.manifest)
+    checks = datachecks.run_checks(scan, cfg.out)
+    df = checks.resolved
+    if cfg.limit is not None and cfg.limit < len(df):
+        df = df.sample(n=cfg.limit, random_state=cfg.seed).reset_index(drop=True)
+    df = split.split_frame(df, seed=cfg.seed)
+    split.check_no_leak(df)
+    split.write_split(df, cfg.out / "split.csv")
+    return df, man_hash, checks.report
+
+
+class _EpochState:
+    """Keras callback factory: after every epoch save the last weights and the resume state."""
+
+    @staticmethod
+    def make(ckpt: Path, phase: int, best: list[float]):
+        import keras
+
+        class EpochState(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                val = float((logs or {}).get("val_loss", math.inf))
+                if val < best[0]:
+                    best[0] = val
+                self.model.save_weights(ckpt / LAST_WEIGHTS)
+                tmp = ckpt / (STATE_FILE + ".tmp")
+                tmp.write_text(json.dumps({"phase": phase, "epoch": epoch + 1, "best_val_loss": best[0]}))
+                tmp.replace(ckpt / STATE_FILE)
+
+        return EpochState()
+
+
+def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
+    """Phase 1 (frozen base) then phase 2 (fine-tuning); resumable from ``checkpoints/``."""
+    import keras
+
+    ckpt = cfg.out / CHECKPOINT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = {"phase": 1, "epoch": 0, "best_val_loss": math.inf}
+    if cfg.resume and (ckpt / STATE_FILE).is_file():
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        model.load_weights(ckpt / LAST_WEIGHTS)
+        _say(f"resuming: phase {state['phase']}, {state['epoch']} epochs done")
+    elif (ckpt / LOG_FILE).exists():
+        (ckpt / LOG_FILE).unlink()
+    best = [float(state["best_val_loss"])]
+    verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    phases = [(1, cfg.head_epochs, cfg.lr_head), (2, cfg.head_epochs + cfg.epochs, cfg.lr_fine)]
+    for phase, end_epoch, lr in phases:
+        if state["phase"] > phase:
+            continue  # finished before the interruption
+        network.set_trainable(model, phase, cfg.unfreeze_from)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=network.partial_label_loss,
+                      metrics=[network.melanoma_auc_metric(), network.allowed_accuracy_metric()])
+        initial = state["epoch"] if state["phase"] == phase else phases[phase - 2][1]
+        callbacks = [
+            _EpochState.make(ckpt, phase, best),
+            keras.callbacks.ModelCheckpoint(ckpt / BEST_WEIGHTS, monitor="val_loss", save_best_only=True,
+                                            save_weights_only=True, initial_value_threshold=best[0]
+                                            if math.isfinite(best[0]) else None),
+            keras.callbacks.CSVLogger(ckpt / LOG_FILE, append=True),
+        ]
+        if phase == 2:
+            callbacks += [
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=False),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6),
+            ]
+        if initial < end_epoch:
+            _say(f"phase {phase}: epochs {initial + 1}..{end_epoch}, lr {lr:g}")
+            model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=initial,
+                      callbacks=callbacks, verbose=verbose)
+        if (ckpt / BEST_WEIGHTS).is_file():
+            model.load_weights(ckpt / BEST_WEIGHTS)  # best of every epoch so far, both phases
+        state = {"phase": phase + 1, "epoch": end_epoch, "best_val_loss": best[0]}
+        (ckpt / STATE_FILE).write_text(json.dumps(state))
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out = [fn(tf.convert_to_tensor(images[i:i + batch_size], dtype=tf.float32)).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def summarize(metrics: dict) -> dict:
+    """The headline numbers for model.json (the full set stays in metrics.json)."""
+    keep = {}
+    for key in ("n", "melanoma", "nine_class", "calibration", "soon", "per_source"):
+        if key in metrics:
+            keep[key] = metrics[key]
+    text = json.dumps(keep, default=str)
+    if len(text) > 60_000:  # keep model.json readable
+        keep = {k: keep[k] for k in ("n", "melanoma") if k in keep}
+    return json.loads(json.dumps(keep, default=str))
+
+
+def save_clean_model(cfg: TrainConfig, model, path: Path) -> None:
+    """An uncompiled copy (no optimizer state, no custom loss): loads with plain Keras."""
+    clean = network.build_network(cfg.input_size, weights=None)
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+
+
+def train(cfg: TrainConfig) -> ModelMetadata:
+    import keras
+
+    t0 = time.time()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    network.configure_threads(cfg.threads)
+    keras.utils.set_random_seed(cfg.seed)
+
+    _say("manifest, data checks, split")
+    df, man_hash, report = prepare_data(cfg)
+    counts = df.groupby("subset").size().to_dict()
+    _say(f"{len(df)} images after resolution: {counts}")
+
+    images = dataset.build_cache(df, cfg.input_size, cfg.cache_dir)
+    masks = dataset.label_masks(df)
+    labels = dataset.label_indices(df)
+    mel = df["melanoma"].to_numpy().astype(int)
+    sub = df["subset"].to_numpy()
+    tr, va, te = (sub == "train"), (sub == "val"), (sub == "test")
+    if not cfg.partial_labels:
+        tr = tr & (labels >= 0)
+    weights = dataset.sample_weights(masks[tr])
+    train_ds = dataset.make_dataset(images[tr], masks[tr], weights, cfg.batch_size, True, cfg.seed)
+    val_ds = dataset.make_dataset(images[va], masks[va], None, 64, False)
+
+    model = network.build_network(cfg.input_size, cfg.weights)
+    fit(cfg, model, train_ds, val_ds)
+    train_seconds = time.time() - t0
+
+    _say("calibration on the validation split")
+    val_logits = predict_logits(model, images[va])
+    calib = calibration.calibrate(val_logits, masks[va], labels[va], mel[va])
+    temperature = calib["temperature"]
+    thresholds = TriageThresholds(**calib["thresholds"])
+    (cfg.out / "calibration.json").write_text(json.dumps(calib, indent=1))
+
+    _say("evaluation on the held-out test split")
+    from worker.training.evaluation import evaluate_predictions
+
+    test_probs = calibration.softmax_t(predict_logits(model, images[te]), temperature)
+    metrics = evaluate_predictions(
+        test_probs, labels[te], mel[te], thresholds, df.loc[te, "path"].tolist(), cfg.out,
+        title=f"Test split ({int(te.sum())} images)", seed=cfg.seed,
+        sources=df.loc[te, "source"].tolist(), n_boot=cfg.n_boot,
+    )
+
+    ckpt = cfg.out / CHECKPOINT_DIR
+    if (ckpt / LOG_FILE).is_file():
+        shutil.copyfile(ckpt / LOG_FILE, cfg.out / LOG_FILE)
+    tmp_model = cfg.out / (MODEL_FILE + ".tmp.keras")
+    save_clean_model(cfg, model, tmp_model)
+    tmp_model.replace(cfg.out / MODEL_FILE)
+    sha = file_sha256(cfg.out / MODEL_FILE)
+    created = datetime.now(timezone.utc)
+    meta = ModelMetadata(
+        version=f"{created:%Y%m%d-%H%M}-{sha[:8]}", created_at=created,
+        parent_version=cfg.parent_version, sha256=sha, input_size=cfg.input_size,
+        class_names=list(CLASS_NAMES), temperature=temperature, thresholds=thresholds,
+        metrics={"test": summarize(metrics), "validation_calibration": {
+            k: calib[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
+            "split_counts": {k: int(v) for k, v in counts.items()},
+            "train_seconds": round(train_seconds, 1)},
+        training_command=cfg.command, data_manifest_sha256=man_hash,
+        notes=(f"MobileNet alpha=0.25 @ {cfg.input_size}px, weights "
+               f"{'ImageNet' if cfg.weights else 'none (from scratch)'}, partial-label loss "
+               f"{'on' if cfg.partial_labels else 'off'}, seed {cfg.seed}"),
+    )
+    (cfg.out / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
+    write_model_card(cfg.out, meta, report, calib, metrics, cfg)
+    _say(f"done: version {meta.version} in {time.time() - t0:.0f} s")
+    return meta
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def write_model_card(out: Path, meta: ModelMetadata, report: dict, calib: dict, metrics: dict,
+                     cfg: TrainConfig) -> None:
+    """model_card.md: intended use, data, performance, limitations."""
+    final = report["final"]
+    lines = [
+        f"# Model card: {meta.version}", "",
+        "## Intended use",
+        "Decision support for triaging dermoscopy images of single skin lesions into urgent "
+        "(suspected melanoma), soon (suspected BCC/SCC/actinic keratosis), routine or "
+        "indeterminate. Not a diagnosis: every report is reviewed by a clinician. Not for "
+        "clinical (non-dermoscopic) photographs, mucosal or nail lesions, or children.", "",
+        "## Model",
+        f"- {meta.notes}",
+        f"- input: RGB {meta.input_size}x{meta.input_size}, squashed to square by "
+        "`worker.classify.preprocess.to_model_input`; output: 9 logits; calibrated probabilities "
+        f"= softmax(logits / T), T = {meta.temperature:.4f} (fitted on validation)",
+        f"- training command: `{meta.training_command}`",
+        f"- data manifest sha256: `{meta.data_manifest_sha256}`", "",
+        "## Training data",
+        f"{final['images']} distinct images after de-duplication and label-conflict resolution "
+        "(see data_quality.md for every rule and case). Split by lesion/image/content group, "
+        f"stratified, 70/15/15: {meta.metrics.get('split_counts')}.", "",
+        "| class | images |", "|---|---|",
+    ] + [f"| {k} | {v} |" for k, v in final["per_class"].items()] + [
+        "", "| source | images |", "|---|---|",
+    ] + [f"| {k} | {v} |" for k, v in final["per_source"].items()] + [
+        "", "## Operating points (chosen on validation)",
+        f"- urgent: P(melanoma) >= {meta.thresholds.urgent_melanoma:.4f} "
+        f"(validation sensitivity {_fmt(meta.thresholds.urgent_sensitivity)}, specificity "
+        f"{_fmt(meta.thresholds.urgent_specificity)})",
+        f"- soon: P(BCC)+P(SCC)+P(AK) >= {meta.thresholds.soon_keratinocyte:.4f} "
+        f"(validation sensitivity {_fmt(meta.thresholds.soon_sensitivity)}, specificity "
+        f"{_fmt(meta.thresholds.soon_specificity)})",
+        f"- indeterminate: top probability < {meta.thresholds.min_confidence:.4f}", "",
+        "## Performance on the held-out test split",
+        "See metrics.json and evaluation.pdf for every number with its bootstrap 95% CI "
+        "(per class, per source, calibration, triage levels).", "",
+        "```", json.dumps(meta.metrics.get("test", {}).get("melanoma", {}), indent=1, default=str)[:4000], "```", "",
+        "## Known limitations",
+        "- seborrheic_keratosis has no trustworthy training image in the supplied data (every "
+        "isic-9class image of that folder is a duplicate of a melanoma-folder image or contradicted "
+        "by ISIC 2017): the model effectively cannot predict it; HAM10000 `bkl` (which includes "
+        "seborrheic keratoses) is mapped to pigmented_benign_keratosis.",
+        "- squamous_cell_carcinoma, dermatofibroma and vascular_lesion are rare: their per-class "
+        "metrics have wide confidence intervals.",
+        "- Data come from two archives (Vienna/Queensland HAM10000, ISIC); performance on other "
+        "devices, skin types and populations is unknown. Images are mostly of light skin.",
+        "- A small network (MobileNet alpha 0.25) trained on 2 CPU cores in about an hour.",
+        "",
+    ]
+    (out / "model_card.md").write_text("\n".join(lines))
+
+
+def evaluate_version(store, version: str, data: list[Path], out: Path, cache_dir: Path,
+                     threads: int = 2, n_boot: int = 1000) -> dict:
+    """Evaluate a stored version on its own test split plus any image it never saw.
+
+    Rows of the version's split.csv marked train/val are excluded (matched by content hash
+    and by image id), so a re-run on the training data reproduces the test-split numbers.
+    """
+    import keras
+
+    network.configure_threads(threads)
+    store.verify(version)
+    meta = store.metadata(version)
+    vdir = store.version_dir(version)
+    checks = datachecks.run_checks(manifest.scan(list(data)), out)
+    df = checks.resolved
+    seen_sha, seen_id = set(), set()
+    if (vdir / "split.csv").is_file():
+        sp = pd.read_csv(vdir / "split.csv")
+        used = sp[sp["subset"].isin(["train", "val"])]
+        seen_sha, seen_id = set(used["sha256"]), set(used["image_id"])
+    keep = ~(df["sha256"].isin(seen_sha) | df["image_id"].isin(seen_id))
+    df = df[keep].reset_index(drop=True)
+    if df.empty:
+        raise ValueError("every image in --data was used for training or validation")
+    images = dataset.build_cache(df, meta.input_size, cache_dir)
+    model = keras.saving.load_model(store.model_path(version), compile=False)
+    probs = calibration.softmax_t(predict_logits(model, images), meta.temperature)
+    from worker.training.evaluation import evaluate_predictions
+
+    return evaluate_predictions(
+        probs, dataset.label_indices(df), df["melanoma"].to_numpy().astype(int), meta.thresholds,
+        df["path"].tolist(), out, title=f"{version}: {len(df)} held-out images",
+        sources=df["source"].tolist(), n_boot=n_boot,
+    )
