@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from schemas import JobState, SourceDoor
 from tests.conftest import make_settings

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from schemas import ModelMetadata
+from worker.durable import write_atomic
 from worker.errors import ModelNotAvailable
 
 MODEL_FILE = "model.keras"
@@ -97,12 +98,7 @@ class ModelStore:
         """Switch the pointer atomically (write a temp file, fsync, rename)."""
         self.verify(version)
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".CURRENT.")
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / CURRENT_FILE)
+        write_atomic(self.root / CURRENT_FILE, (version + "\n").encode())
 
     def add_version(self, source_dir: Path) -> str:
         """Copy a finished version folder in; the copy appears atomically or not at all."""

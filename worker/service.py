@@ -65,7 +65,7 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
         "worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
                             f"--concurrency={settings.worker_concurrency}",
                             f"--queues={TRIAGE_QUEUE},{RETRAIN_QUEUE}",
-                            f"--hostname=triage@%h"],
+                            "--hostname=triage@%h"],
         "beat": celery + ["beat", "--loglevel=INFO",
                           f"--schedule={settings.home / 'celerybeat-schedule'}"],
     }

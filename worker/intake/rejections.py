@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from worker.durable import write_atomic
 from worker.intake.names import safe_filename
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".writing.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_rejection(
@@ -38,7 +27,7 @@ def write_rejection(
     if source is not None:
         os.replace(source, target)
     elif data is not None:
-        _atomic_write(target, data)
+        write_atomic(target, data)
     sidecar = {
         "job_id": job_id,
         "state": "rejected",
@@ -50,5 +39,5 @@ def write_rejection(
         "rejected_at": datetime.now(timezone.utc).isoformat(),
     }
     sidecar_path = target.with_name(target.name + ".json")
-    _atomic_write(sidecar_path, json.dumps(sidecar, indent=2).encode())
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode())
     return sidecar_path

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import pathlib
 import re
 import unicodedata
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 
 from schemas import CLASS_NAMES, ImageMetadata, TriageLevel, TriageThresholds
+from worker.durable import write_atomic
 
 #: Longest identifier part and longest job-id part of a report file name.
 MAX_NAME_PART = 64
@@ -103,30 +102,6 @@ def render_report(content: ReportContent, out_path: pathlib.Path) -> str:
     out_path = pathlib.Path(out_path)
     data = build_pdf(content)
     digest = hashlib.sha256(data).hexdigest()
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(out_path.parent)
+    write_atomic(out_path, data)
     return digest
 
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    """Make the rename durable; not possible on every platform or share."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ summary that can be pasted into a training record.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
