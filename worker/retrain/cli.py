@@ -225,7 +225,12 @@ def retrain(
         stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
         typer.echo(f"[{stamp}] [{'#' * step}{'.' * (total - step)}] {step}/{total} {message}", err=True)
 
-    outcome = run_retrain(settings, trigger="manual", progress=progress, negative_control=negative_control)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's log: stdout stays for the result
+        outcome = run_retrain(settings, trigger="manual", progress=progress,
+                              negative_control=negative_control)
     typer.echo(f"retrain {outcome.state} in {time.monotonic() - t0:.1f} s", err=True)
     if as_json:
         typer.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
