@@ -59,7 +59,7 @@ def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model
     log_path = tmp_path / "run.log"  # a file, not a pipe: an unread pipe would block the tree
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--home", str(home)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         intake = home / "intake"
         _wait_for(intake.is_dir, 60, "the intake folder")
@@ -114,3 +114,4 @@ def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model
     assert info["code"].startswith("dicom_") or info["code"] == "truncated"
     assert info["reason"]
     assert not [p for p in (home / "intake").rglob("*") if p.is_file()]  # nothing left behind
+    assert sorted(os.listdir(tmp_path)) == ["home", "run.log"]  # everything under --home

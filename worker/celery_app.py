@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> Celery:
             "data_folder_in": queue_dir,
             "data_folder_out": queue_dir,
             "processed_folder": str(settings.broker_dir / "processed"),
+            "control_folder": str(settings.broker_dir / "control"),  # default: the cwd
             "store_processed": False,
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):

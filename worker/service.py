@@ -64,8 +64,11 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
     return {
         "worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
                             f"--concurrency={settings.worker_concurrency}",
-                            f"--queues={TRIAGE_QUEUE},{RETRAIN_QUEUE}",
-                            "--hostname=triage@%h"],
+                            f"--queues={TRIAGE_QUEUE}", "--hostname=triage@%h"],
+        # Its own process: an hour of retraining must not hold up triage.
+        "retrain-worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
+                                    "--concurrency=1", f"--queues={RETRAIN_QUEUE}",
+                                    "--hostname=retrain@%h"],
         "beat": celery + ["beat", "--loglevel=INFO",
                           f"--schedule={settings.home / 'celerybeat-schedule'}"],
     }

@@ -83,3 +83,4 @@ class Settings(BaseSettings):
         if self.uses_filesystem_broker:
             (self.broker_dir / "queue").mkdir(parents=True, exist_ok=True)
             (self.broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+            (self.broker_dir / "control").mkdir(parents=True, exist_ok=True)
