@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     facts = make_fixture_data(data, per_class=5)
     out = root / "version"
     args = ["train", "--data", str(data), "--out", str(out), "--weights", "none",
-            "--input-size", "32", "--head-epochs", "1", "--epochs", "1", "--batch-size", "16",
+            "--input-size", "32", "--head-epochs", "1", "--epochs", "0", "--batch-size", "16",
             "--cache-dir", str(root / "cache"), "--n-boot", "20", "--seed", "7"]
     result = CliRunner().invoke(_app(), args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -54,7 +54,7 @@ def test_train_writes_a_complete_version_folder(trained):
     assert list(split.columns) == ["image_id", "sha256", "source", "subset"]
     assert set(split["subset"]) == {"train", "val", "test"}
     log = pd.read_csv(out / "training_log.csv")
-    assert len(log) == 2 and "val_loss" in log.columns
+    assert len(log) == 1 and "val_loss" in log.columns
     calib = json.loads((out / "calibration.json").read_text())
     assert calib["temperature"] == pytest.approx(meta.temperature)
 
@@ -76,16 +76,17 @@ def test_resume_continues_from_checkpoints(trained):
     root, data, out, _, _ = trained
     state_file = out / "checkpoints" / "state.json"
     state = json.loads(state_file.read_text())
-    assert state["phase"] == 3 and state["epoch"] == 2
-    # as if interrupted after the first fine-tuning epoch of a 2-epoch fine-tune
-    state_file.write_text(json.dumps({"phase": 2, "epoch": 2, "best_val_loss": state["best_val_loss"]}))
+    assert state["phase"] == 3 and state["epoch"] == 1
+    # as if interrupted after the frozen phase: resume runs one fine-tuning epoch
+    state_file.write_text(json.dumps({"phase": 2, "epoch": 1, "best_val_loss": state["best_val_loss"]}))
     args = ["train", "--data", str(data), "--out", str(out), "--weights", "none",
-            "--input-size", "32", "--head-epochs", "1", "--epochs", "2", "--batch-size", "16",
+            "--input-size", "32", "--head-epochs", "1", "--epochs", "1", "--batch-size", "16",
             "--cache-dir", str(root / "cache"), "--n-boot", "20", "--seed", "7", "--resume"]
     result = CliRunner().invoke(_app(), args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
-    assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == [0, 1, 2]
+    assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == [0, 1]
+    assert ModelMetadata.model_validate_json((out / "model.json").read_text()).input_size == 32
 
 
 @pytest.mark.slow

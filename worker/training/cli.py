@@ -47,6 +47,7 @@ def train_command(
     limit: Optional[int] = typer.Option(None, help="smoke runs: a random subset of this many images"),
     parent_version: Optional[str] = typer.Option(None),
     n_boot: int = typer.Option(1000, help="bootstrap resamples for confidence intervals"),
+    jit: bool = typer.Option(True, help="XLA-compile the training step (off: faster start, tiny runs)"),
 ) -> None:
     """Check data, train, calibrate and evaluate; write a complete model store version folder."""
     from worker.training.train import TrainConfig, train
@@ -56,7 +57,7 @@ def train_command(
         head_epochs=head_epochs, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
         cache_dir=cache_dir, threads=threads, partial_labels=partial_labels,
         unfreeze_from=unfreeze_from, patience=patience, lr_head=lr_head, lr_fine=lr_fine, limit=limit,
-        parent_version=parent_version, n_boot=n_boot,
+        parent_version=parent_version, n_boot=n_boot, jit_compile="auto" if jit else False,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )
     meta = train(cfg)
