@@ -106,3 +106,27 @@ def test_attempts_cap_stops_a_poisonous_job(rt):
     with rt.sessions() as s:
         job = s.get(Job, job_id)
     assert (job.state, job.error_code) == ("failed", "attempts_exhausted")
+
+
+def test_shadow_candidate_is_recorded_but_never_reported(rt, tmp_path):
+    from tests.modelgen import write_tiny_version
+    from worker.retrain import admin
+    from worker.retrain.truth import add_label, triage_metrics
+
+    store = rt.models.store
+    store.add_version(write_tiny_version(tmp_path / "tiny-2", version="tiny-2", seed=1))
+    admin.set_shadow(store, rt.sessions, "tiny-2", "test", "compare before promotion")
+    job_id = _admit(rt, dicom_bytes(lesion_rgb(seed=40)))
+    assert pipeline.process_job(rt, job_id) == "done"
+    with rt.sessions() as s:
+        preds = s.execute(select(Prediction).where(Prediction.job_id == job_id)).scalars().all()
+        assert sorted((p.model_version, p.shadow) for p in preds) == [("tiny-1", False), ("tiny-2", True)]
+        report = s.execute(select(Report).where(Report.job_id == job_id)).scalar_one()
+    text = subprocess.run(["pdftotext", report.path, "-"], capture_output=True, text=True).stdout
+    assert "tiny-1" in text and "tiny-2" not in text
+    with rt.sessions.begin() as s:
+        add_label(s, job_id, "melanoma", "histopathology", "test")
+    with rt.sessions() as s:
+        assert set(triage_metrics(s)) == {"tiny-1", "tiny-2 (shadow)"}
+    admin.set_shadow(store, rt.sessions, None, "test", "done comparing")
+    assert store.shadow_version() is None

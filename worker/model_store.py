@@ -28,6 +28,7 @@ from worker.errors import ModelNotAvailable
 MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
 CURRENT_FILE = "CURRENT"
+SHADOW_FILE = "SHADOW"
 
 
 def file_sha256(path: Path) -> str:
@@ -70,6 +71,21 @@ class ModelStore:
         except FileNotFoundError:
             return None
         return name or None
+
+    def shadow_version(self) -> str | None:
+        """A candidate that also runs on live traffic, its predictions recorded, not reported."""
+        try:
+            name = (self.root / SHADOW_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def set_shadow(self, version: str | None) -> None:
+        if version is None:
+            (self.root / SHADOW_FILE).unlink(missing_ok=True)
+            return
+        self.verify(version)
+        write_atomic(self.root / SHADOW_FILE, (version + "\n").encode())
 
     def metadata(self, version: str) -> ModelMetadata:
         path = self.version_dir(version) / METADATA_FILE

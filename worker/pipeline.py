@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from schemas import ImageMetadata
+from schemas import ImageMetadata, PredictionResult
 from worker.classify.triage import explain
 from worker.db import jobs
 from worker.errors import InputRejected
@@ -76,8 +76,21 @@ def process_job(rt: Runtime, job_id: str) -> str:
         "transfer_syntax": decoded.transfer_syntax,
         "photometric": decoded.photometric,
     }
+    shadow = _shadow_prediction(rt, decoded.rgb, usable, job_id)
     with rt.sessions.begin() as s:
-        jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path), report_sha)
+        jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path), report_sha,
+                      shadow_results=shadow)
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
 
+
+
+def _shadow_prediction(rt: Runtime, rgb, usable: bool, job_id: str) -> tuple[PredictionResult, ...]:
+    """Run the shadow candidate, if any; its trouble never touches the reported result."""
+    try:
+        candidate = rt.models.get_shadow()
+        return (candidate.predict(rgb, usable_image=usable),) if candidate else ()
+    except Exception as exc:
+        log.warning("job %s: shadow model failed (%s); reported result unaffected",
+                    job_id, type(exc).__name__)
+        return ()

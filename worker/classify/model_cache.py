@@ -17,6 +17,7 @@ class ModelCache:
         self.tf_threads = tf_threads
         self._lock = threading.Lock()
         self._classifier = None
+        self._shadow = None
 
     def get(self):
         """The classifier of the current version; reading CURRENT costs one small file read."""
@@ -29,3 +30,16 @@ class ModelCache:
                 self._classifier = Classifier.from_store(self.store, version)
                 log.info("serving model version %s", self._classifier.version)
             return self._classifier
+
+    def get_shadow(self):
+        """The shadow candidate's classifier, or None when no candidate runs in shadow."""
+        from worker.classify.inference import Classifier
+
+        version = self.store.shadow_version()
+        if version is None or version == self.store.current_version():
+            return None
+        with self._lock:
+            if self._shadow is None or self._shadow.version != version:
+                self._shadow = Classifier.from_store(self.store, version)
+                log.info("shadow model version %s", version)
+            return self._shadow

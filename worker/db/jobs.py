@@ -110,6 +110,7 @@ def complete(
     image_usable: bool,
     report_path: str,
     report_sha256: str,
+    shadow_results: tuple[PredictionResult, ...] = (),
 ) -> bool:
     """Store prediction, report and identifiers, and finish the job, in the caller's transaction."""
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
@@ -120,16 +121,18 @@ def complete(
         setattr(image, field, value)
     for field, value in image_facts.items():
         setattr(image, field, value)
-    session.add(
-        Prediction(
-            job_id=job.id,
-            model_version=result.model_version,
-            predicted_class=result.predicted_class,
-            triage_level=result.triage.value,
-            image_usable=image_usable,
-            **{f"p_{name}": float(result.probabilities[name]) for name in CLASS_NAMES},
+    for res, shadow in [(result, False)] + [(r, True) for r in shadow_results]:
+        session.add(
+            Prediction(
+                job_id=job.id,
+                model_version=res.model_version,
+                shadow=shadow,
+                predicted_class=res.predicted_class,
+                triage_level=res.triage.value,
+                image_usable=image_usable,
+                **{f"p_{name}": float(res.probabilities[name]) for name in CLASS_NAMES},
+            )
         )
-    )
     existing = session.execute(select(Report).where(Report.job_id == job.id)).scalar_one_or_none()
     if existing is None:
         session.add(Report(job_id=job.id, path=report_path, sha256=report_sha256))

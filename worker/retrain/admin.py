@@ -28,6 +28,7 @@ from worker.model_store import ModelStore
 from worker.retrain.lock import pointer_lock
 
 SEED, PROMOTE, ROLLBACK = "seed", "promote", "rollback"
+SHADOW_ON, SHADOW_OFF = "shadow_on", "shadow_off"
 
 
 class AdminError(TriageError):
@@ -122,6 +123,30 @@ def rollback(store: ModelStore, sessions: sessionmaker[Session], actor: str, rea
     return switch(store, sessions, ROLLBACK, target, actor, reason)
 
 
+def set_shadow(store: ModelStore, sessions: sessionmaker[Session], version: str | None,
+               actor: str, reason: str) -> Change:
+    """Run ``version`` in shadow on live traffic (predictions recorded, never reported), or
+    stop the shadow run with None. Recorded like every other change of the model set-up."""
+    if not reason or not reason.strip():
+        raise AdminError("a shadow change needs a reason")
+    previous = store.shadow_version()
+    if version is not None:
+        if version not in store.list_versions():
+            raise AdminError(f"version {version!r} is not in the store {store.root}")
+        if version == store.current_version():
+            raise AdminError(f"{version} is the current version; shadow a candidate instead")
+    elif previous is None:
+        raise AdminError("no version runs in shadow")
+    with pointer_lock(sessions), sessions.begin() as s:
+        event = ModelEvent(action=SHADOW_ON if version else SHADOW_OFF, version=version or previous,
+                           previous_version=previous, actor=actor, reason=reason.strip())
+        s.add(event)
+        s.flush()
+        store.set_shadow(version)
+        event_id = event.id
+    return Change(event.action, event.version, previous, actor, reason.strip(), event_id)
+
+
 def record_seed(store: ModelStore, sessions: sessionmaker[Session]) -> bool:
     """Record the shipped model's adoption once (a cheap count when already recorded)."""
     current = store.current_version()
@@ -160,6 +185,7 @@ def list_versions(store: ModelStore) -> list[dict]:
         except ModelNotAvailable:
             continue
         out.append({"version": version, "current": version == current,
+                    "shadow": version == store.shadow_version(),
                     "created_at": meta.created_at.isoformat(), "parent_version": meta.parent_version,
                     "sha256": meta.sha256, "input_size": meta.input_size,
                     **_headline(meta.metrics)})

@@ -124,6 +124,25 @@ def models_rollback(reason: ReasonOption, by: ByOption = None,
     typer.echo(f"rolled back to {change.version} (was {change.previous_version}) by {change.actor}")
 
 
+@models_app.command("shadow")
+def models_shadow(version: Annotated[Optional[str], typer.Argument(help="candidate version")] = None,
+                  off: Annotated[bool, typer.Option("--off", help="stop the shadow run")] = False,
+                  reason: ReasonOption = "", by: ByOption = None, home: HomeOption = None) -> None:
+    """Run a candidate VERSION beside the current one on live traffic, unreported (or --off)."""
+    from worker.errors import TriageError
+    from worker.retrain import admin
+
+    if (version is None) == (not off):
+        _fail(ValueError("give a VERSION or --off"))
+    with _Context(home) as ctx:
+        try:
+            change = admin.set_shadow(ctx.store, ctx.sessions, None if off else version,
+                                      admin.actor_name(by), reason)
+        except TriageError as exc:
+            _fail(exc)
+    typer.echo(f"{change.action}: {change.version} by {change.actor}")
+
+
 @models_app.command("history")
 def models_history(home: HomeOption = None, limit: int = 50) -> None:
     """The change log of the model in service (JSON)."""

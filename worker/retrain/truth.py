@@ -173,7 +173,7 @@ def _rates(tp: int, fp: int, fn: int, tn: int) -> dict:
 
 
 def triage_metrics(session: Session) -> dict[str, dict]:
-    """Per model version, on the cases whose truth came back (reported predictions only):
+    """Per model version, on the cases whose truth came back; shadow runs as "<version> (shadow)":
 
     * ``urgent``: triaged urgent vs truth melanoma;
     * ``soon``: triaged soon vs truth in SOON_CLASSES (BCC, SCC, actinic keratosis);
@@ -186,15 +186,15 @@ def triage_metrics(session: Session) -> dict[str, dict]:
     if not truth:
         return {}
     rows = session.execute(
-        select(Prediction.model_version, Prediction.job_id, Prediction.triage_level,
-               Prediction.created_at, Job.image_id)
+        select(Prediction.model_version, Prediction.shadow, Prediction.job_id,
+               Prediction.triage_level, Prediction.created_at, Job.image_id)
         .join(Job, Job.id == Prediction.job_id)
-        .where(Prediction.shadow.is_(False), Job.image_id.in_(list(truth)))
+        .where(Job.image_id.in_(list(truth)))
         .order_by(Prediction.created_at)
     )
     latest: dict[tuple[str, str], tuple[str, str]] = {}
-    for version, job_id, level, _, image_id in rows:
-        latest[(version, job_id)] = (level, image_id)
+    for version, shadow, job_id, level, _, image_id in rows:
+        latest[(f"{version} (shadow)" if shadow else version, job_id)] = (level, image_id)
     per_version: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for (version, _), (level, image_id) in latest.items():
         per_version[version].append((level, truth[image_id][0]))
