@@ -61,6 +61,15 @@ def migrated_settings(settings) -> Settings:
 
 
 @pytest.fixture
+def sessions(migrated_settings):
+    from worker.db.engine import make_engine, make_session_factory
+
+    engine = make_engine(migrated_settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
 def postgres_url():
     """A fresh PostgreSQL database per test, dropped afterwards."""
     from sqlalchemy import create_engine, text

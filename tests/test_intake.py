@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from schemas import ImageMetadata, JobState, SourceDoor
 from tests.imagegen import garbage_bytes, jpeg_bytes, lesion_rgb
-from worker.db.engine import make_engine, make_session_factory
 from worker.db.models import Image, Job, Submission
 from worker.intake.admission import Intake
 from worker.intake.names import safe_filename
@@ -27,13 +26,6 @@ class RecordingBroker:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append(job_id)
-
-
-@pytest.fixture
-def sessions(migrated_settings):
-    engine = make_engine(migrated_settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ def tiny_model_dir_2(tmp_path_factory):
 
 
 @pytest.fixture
-def sessions(migrated_settings):
-    engine = make_engine(migrated_settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def two_versions(migrated_settings, tiny_model_dir, tiny_model_dir_2):
     store = ModelStore(migrated_settings.model_store_dir)
     store.set_current(store.add_version(tiny_model_dir))

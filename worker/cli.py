@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from schemas import ImageMetadata, SourceDoor
+from worker.cli_options import HomeOption, settings_for
 
 # Never print local variables in tracebacks: they can hold patient data or credentials.
 app = typer.Typer(
@@ -20,21 +20,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", pretty_exceptions_show_locals=False)
 app.add_typer(db_app, name="db")
-
-HomeOption = Annotated[
-    Optional[Path],
-    typer.Option("--home", envvar="TRIAGE_HOME", help="Folder for intake/, reports/, database, broker"),
-]
-
-
-def _settings(home: Path | None):
-    from worker.settings import Settings
-
-    if home is not None:
-        os.environ["TRIAGE_HOME"] = str(home)  # children and lazily built objects see the same
-        return Settings(home=home)
-    return Settings()
-
 
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -47,7 +32,7 @@ def run(home: HomeOption = None) -> None:
     from worker.service import run_service
 
     _logging()
-    raise typer.Exit(run_service(_settings(home)))
+    raise typer.Exit(run_service(settings_for(home)))
 
 
 @app.command()
@@ -59,7 +44,7 @@ def watch(home: HomeOption = None) -> None:
     from worker.intake.watcher import IntakeWatcher
 
     _logging()
-    settings = _settings(home)
+    settings = settings_for(home)
     with TriageClient(settings) as client:
         watcher = IntakeWatcher(client.intake, settings.intake_dir, settings.stable_scans)
         stop = threading.Event()
@@ -82,7 +67,7 @@ def enqueue(
     from worker.client import TriageClient
     from worker.service import prepare
 
-    settings = _settings(home)
+    settings = settings_for(home)
     prepare(settings)
     try:
         metadata = ImageMetadata(patient_id=patient_id, accession_number=accession,
@@ -101,7 +86,7 @@ def status(home: HomeOption = None,
     """Jobs by state, queue depth, counts per triage level, current model version."""
     from worker.status import collect_status, format_status
 
-    info = collect_status(_settings(home))
+    info = collect_status(settings_for(home))
     typer.echo(json.dumps(info, indent=2) if as_json else format_status(info))
 
 
@@ -113,7 +98,7 @@ def reconcile(home: HomeOption = None) -> None:
     from worker.client import TriageClient
     from worker.reconciler import reconcile as do_reconcile
 
-    settings = _settings(home)
+    settings = settings_for(home)
     with TriageClient(settings) as client:
         sent = do_reconcile(client.intake.sessions, client.intake.enqueue,
                             timedelta(seconds=30), timedelta(seconds=settings.stale_after_s))
@@ -126,7 +111,7 @@ def init(home: HomeOption = None) -> None:
     from worker.model_store import ModelStore
     from worker.service import prepare
 
-    settings = _settings(home)
+    settings = settings_for(home)
     prepare(settings)
     current = ModelStore(settings.model_store_dir).current_version()
     typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
@@ -138,7 +123,7 @@ def db_upgrade(home: HomeOption = None,
     """Apply the Alembic migrations to the configured database."""
     from worker.db.migrate import current_revision, upgrade
 
-    settings = _settings(home)
+    settings = settings_for(home)
     settings.ensure_folders()
     upgrade(settings.database_url, revision)
     typer.echo(f"database at revision {current_revision(settings.database_url)}")

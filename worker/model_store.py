@@ -65,20 +65,19 @@ class ModelStore:
             if not p.name.startswith(".") and (p / METADATA_FILE).is_file()  # skip add_version staging
         )
 
-    def current_version(self) -> str | None:
+    def _pointer(self, name: str) -> str | None:
         try:
-            name = (self.root / CURRENT_FILE).read_text().strip()
+            version = (self.root / name).read_text().strip()
         except FileNotFoundError:
             return None
-        return name or None
+        return version or None
+
+    def current_version(self) -> str | None:
+        return self._pointer(CURRENT_FILE)
 
     def shadow_version(self) -> str | None:
         """A candidate that also runs on live traffic, its predictions recorded, not reported."""
-        try:
-            name = (self.root / SHADOW_FILE).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return name or None
+        return self._pointer(SHADOW_FILE)
 
     def set_shadow(self, version: str | None) -> None:
         if version is None:

@@ -4,32 +4,20 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from worker.cli_options import HomeOption, settings_for
+
 models_app = typer.Typer(help="The model store: versions, promotion, rollback.",
                          pretty_exceptions_show_locals=False, no_args_is_help=True)
 
-HomeOption = Annotated[
-    Optional[Path],
-    typer.Option("--home", envvar="TRIAGE_HOME", help="Folder for intake/, reports/, database, broker"),
-]
 ByOption = Annotated[Optional[str], typer.Option("--by", help="Who makes the change (default: OS user@host)")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded with the change)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
-
-
-def _settings(home: Path | None):
-    from worker.settings import Settings
-
-    if home is not None:
-        os.environ["TRIAGE_HOME"] = str(home)
-        return Settings(home=home)
-    return Settings()
 
 
 class _Context:
@@ -40,7 +28,7 @@ class _Context:
         from worker.model_store import ModelStore
         from worker.service import prepare
 
-        self.settings = _settings(home)
+        self.settings = settings_for(home)
         prepare(self.settings)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_session_factory(self.engine)
@@ -234,7 +222,7 @@ def retrain(
         typer.echo("retraining runs on its schedule (settings.retrain_cron); use --now to run it here")
         raise typer.Exit(2)
     logging.basicConfig(level=logging.WARNING)
-    settings = _settings(home)
+    settings = settings_for(home)
     from worker.service import prepare
 
     prepare(settings)
