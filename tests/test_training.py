@@ -107,3 +107,22 @@ def test_predict_and_data_commands(trained, tmp_path):
     res = runner.invoke(_app(), ["data", "check", "--data", str(data), "--out", str(tmp_path / "dq")],
                         catch_exceptions=False)
     assert res.exit_code == 0 and (tmp_path / "dq" / "data_quality.md").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_and_describe_commands(trained, tmp_path):
+    root, data, out, _, _ = trained
+    store = ModelStore(root / "store3")
+    version = store.add_version(out)
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["evaluate", "--model", version, "--data", str(data), "--store", str(store.root),
+                                 "--out", str(tmp_path / "eval"), "--cache-dir", str(root / "cache"),
+                                 "--n-boot", "20"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    split = pd.read_csv(out / "split.csv")
+    assert metrics["n"] == (split["subset"] == "test").sum()  # train/val images are excluded
+    res = runner.invoke(_app(), ["data", "describe", "--data", str(data), "--out", str(tmp_path / "desc")],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert any((tmp_path / "desc").iterdir())

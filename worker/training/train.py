@@ -218,6 +218,10 @@ def train(cfg: TrainConfig) -> ModelMetadata:
         sources=df.loc[te, "source"].tolist(), n_boot=cfg.n_boot,
     )
 
+    by_source = per_source_metrics(test_probs, labels[te], mel[te], df.loc[te, "source"].tolist(),
+                                   thresholds, cfg.seed, cfg.n_boot)
+    (cfg.out / "metrics_by_source.json").write_text(json.dumps(by_source, indent=1))
+
     ckpt = cfg.out / CHECKPOINT_DIR
     if (ckpt / LOG_FILE).is_file():
         shutil.copyfile(ckpt / LOG_FILE, cfg.out / LOG_FILE)
@@ -230,7 +234,7 @@ def train(cfg: TrainConfig) -> ModelMetadata:
         version=f"{created:%Y%m%d-%H%M}-{sha[:8]}", created_at=created,
         parent_version=cfg.parent_version, sha256=sha, input_size=cfg.input_size,
         class_names=list(CLASS_NAMES), temperature=temperature, thresholds=thresholds,
-        metrics={"test": summarize(metrics), "validation_calibration": {
+        metrics={"test": summarize(metrics), "test_by_source": by_source, "validation_calibration": {
             k: calib[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
             "split_counts": {k: int(v) for k, v in counts.items()},
             "train_seconds": round(train_seconds, 1)},
@@ -243,6 +247,66 @@ def train(cfg: TrainConfig) -> ModelMetadata:
     write_model_card(cfg.out, meta, report, calib, metrics, cfg)
     _say(f"done: version {meta.version} in {time.time() - t0:.0f} s")
     return meta
+
+
+def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray, sources: list[str],
+                       thresholds: TriageThresholds, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Per-source headline metrics with percentile-bootstrap 95% CIs (evaluation helper's bootstrap)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from worker.training.metrics import binary_sens_spec, bootstrap_ci, expected_calibration_error
+
+    def ci(t):
+        f = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
+        return {"value": f(t[0]), "ci_low": f(t[1]), "ci_high": f(t[2])}
+
+    mel_idx = calibration.MEL
+    src = np.asarray(sources)
+    out = {}
+    for name in sorted(set(sources)):
+        m = src == name
+        y, p = melanoma[m], probs[m, mel_idx]
+        known = labels[m] >= 0
+        kl, kp = labels[m][known], probs[m][known]
+        t = thresholds.urgent_melanoma
+        auc = lambda yy, pp: roc_auc_score(yy, pp) if 0 < yy.sum() < yy.size else None  # noqa: E731
+        bal = lambda ll, pp: balanced_accuracy_score(ll, pp.argmax(axis=1)) if ll.size else None  # noqa: E731
+        out[name] = {
+            "n": int(m.sum()), "n_melanoma": int(y.sum()), "n_nine_class": int(known.sum()),
+            "melanoma_auc": ci(bootstrap_ci(auc, y, p, n_boot=n_boot, seed=seed)),
+            "urgent_sensitivity": ci(bootstrap_ci(lambda a, b: binary_sens_spec(a, b, t)[0], y, p,
+                                                  n_boot=n_boot, seed=seed)),
+            "urgent_specificity": ci(bootstrap_ci(lambda a, b: binary_sens_spec(a, b, t)[1], y, p,
+                                                  n_boot=n_boot, seed=seed)),
+            "balanced_accuracy": ci(bootstrap_ci(bal, kl, kp, n_boot=n_boot, seed=seed))
+            if kl.size else None,
+            "ece": expected_calibration_error(kp, kl) if kl.size else None,
+        }
+    return out
+
+
+def finalize_version(version_dir: Path, data: list[Path], cache_dir: Path = Path("runs/cache"),
+                     n_boot: int = 1000, seed: int = 42) -> dict:
+    """Recompute the per-source table of a trained version from its model and split.csv and
+    re-render model_card.md; model.keras (and so the version name) is untouched."""
+    import keras
+
+    d = Path(version_dir)
+    meta = ModelMetadata.model_validate_json((d / METADATA_FILE).read_text())
+    df = datachecks.check_and_resolve(manifest.scan(list(data))).resolved
+    sp = pd.read_csv(d / "split.csv")
+    df = df.merge(sp[["sha256", "subset"]], on="sha256", how="inner")
+    te = df[df["subset"] == "test"].reset_index(drop=True)
+    images = dataset.build_cache(te, meta.input_size, cache_dir)
+    model = keras.saving.load_model(d / MODEL_FILE, compile=False)
+    probs = calibration.softmax_t(predict_logits(model, images), meta.temperature)
+    by_source = per_source_metrics(probs, dataset.label_indices(te), te["melanoma"].to_numpy().astype(int),
+                                   te["source"].tolist(), meta.thresholds, seed, n_boot)
+    (d / "metrics_by_source.json").write_text(json.dumps(by_source, indent=1))
+    meta.metrics["test_by_source"] = by_source
+    (d / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
+    rewrite_model_card(d)
+    return by_source
 
 
 #: Release targets on the held-out test split (see model_card.md).
@@ -280,6 +344,18 @@ def _target_rows(metrics: dict) -> list[str]:
         met = "" if target is None or v is None else ("yes" if (v >= target if op == ">=" else v <= target) else "**no**")
         out.append(f"| {name} | {_ci(d)} | {'' if target is None else f'{op} {target}'} | {met} |")
     return out
+
+
+def _source_rows(meta: ModelMetadata, metrics: dict) -> list[str]:
+    by_source = meta.metrics.get("test_by_source")
+    if not by_source:
+        return [f"| {s} | {d.get('n')} | {d.get('n_melanoma')} | {_ci(d.get('melanoma_auc'))} | "
+                f"{_ci(d.get('balanced_accuracy'))} |" for s, d in (metrics.get("per_source") or {}).items()]
+    rows = ["", "| source | urgent sensitivity | urgent specificity | ECE |", "|---|---|---|---|"]
+    rows += [f"| {s} | {_ci(d.get('urgent_sensitivity'))} | {_ci(d.get('urgent_specificity'))} | "
+             f"{_fmt(d.get('ece'))} |" for s, d in by_source.items()]
+    return [f"| {s} | {d.get('n')} | {d.get('n_melanoma')} | {_ci(d.get('melanoma_auc'))} | "
+            f"{_ci(d.get('balanced_accuracy'))} |" for s, d in by_source.items()] + rows
 
 
 def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: dict) -> str:
@@ -331,11 +407,7 @@ def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: d
     ] + [
         "", "### Per source", "",
         "| source | images | melanoma | melanoma AUC | balanced accuracy |", "|---|---|---|---|---|",
-    ] + [
-        f"| {s} | {d.get('n')} | {d.get('n_melanoma')} | {_ci(d.get('melanoma_auc'))} | "
-        f"{_ci(d.get('balanced_accuracy'))} |"
-        for s, d in (metrics.get("per_source") or {}).items()
-    ] + [
+    ] + _source_rows(meta, metrics) + [
         "", "## Known limitations",
         "- seborrheic_keratosis has no trustworthy training image in the supplied data: every "
         "isic-9class image of that folder is a byte-identical copy of a melanoma-folder image "
