@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, TriageLevel, TriageThr
 from worker.classify.inference import Classifier, configure_tensorflow
 from worker.classify.preprocess import to_model_input
 from worker.errors import ModelNotAvailable
-from worker.model_store import MODEL_FILE, METADATA_FILE, ModelStore, file_sha256
+from worker.model_store import METADATA_FILE, MODEL_FILE, ModelStore, file_sha256
 
 SIZE = 32
 T = 2.0
@@ -33,7 +33,7 @@ def _write_version(root: Path, name: str, thresholds: TriageThresholds) -> None:
     d = root / "versions" / name
     d.mkdir(parents=True)
     model.save(d / MODEL_FILE)
-    meta = ModelMetadata(version=name, created_at=datetime.now(timezone.utc),
+    meta = ModelMetadata(version=name, created_at=datetime.now(UTC),
                          sha256=file_sha256(d / MODEL_FILE), input_size=SIZE, temperature=T,
                          thresholds=thresholds)
     (d / METADATA_FILE).write_text(meta.model_dump_json())

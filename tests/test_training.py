@@ -63,8 +63,9 @@ def test_train_writes_a_complete_version_folder(trained):
     store.set_current(version)
     assert not (store.version_dir(version) / "checkpoints").exists()
 
-    from worker.classify.inference import Classifier
     import numpy as np
+
+    from worker.classify.inference import Classifier
 
     clf = Classifier.from_store(store)
     res = clf.predict(np.full((40, 60, 3), 128, dtype=np.uint8))

@@ -69,7 +69,7 @@ class Classifier:
         self._logits = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
     @classmethod
-    def from_store(cls, store: ModelStore, version: str | None = None) -> "Classifier":
+    def from_store(cls, store: ModelStore, version: str | None = None) -> Classifier:
         """Load ``version`` (default: the store's current) after checking its sha256."""
         version = version or store.current_version()
         if version is None:

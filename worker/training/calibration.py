@@ -113,7 +113,7 @@ def calibrate(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, melanom
     return {
         "temperature": t,
         "fitted_on": "validation split",
-        "n_validation": int(len(labels)),
+        "n_validation": len(labels),
         "n_validation_nine_class": int(known.sum()),
         "nll_before": partial_nll(logits, masks, 1.0),
         "nll_after": partial_nll(logits, masks, t),

@@ -8,7 +8,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,7 @@ def _weights(value: str) -> Path | None:
     return None if value.lower() == "none" else Path(value)
 
 
-def _store(store: Optional[Path]):
+def _store(store: Path | None):
     from worker.model_store import ModelStore, shipped_store_root
 
     return ModelStore(store if store is not None else shipped_store_root())
@@ -44,8 +43,8 @@ def train_command(
     patience: int = typer.Option(6, help="early-stopping patience (epochs)"),
     lr_head: float = typer.Option(1e-3, help="learning rate, frozen-base phase"),
     lr_fine: float = typer.Option(1e-4, help="learning rate, fine-tuning phase"),
-    limit: Optional[int] = typer.Option(None, help="smoke runs: a random subset of this many images"),
-    parent_version: Optional[str] = typer.Option(None),
+    limit: int | None = typer.Option(None, help="smoke runs: a random subset of this many images"),
+    parent_version: str | None = typer.Option(None),
     n_boot: int = typer.Option(1000, help="bootstrap resamples for confidence intervals"),
     jit: bool = typer.Option(True, help="XLA-compile the training step (off: faster start, tiny runs)"),
 ) -> None:
@@ -65,10 +64,10 @@ def train_command(
 
 
 def evaluate_command(
-    model: Optional[str] = typer.Option(None, "--model", help="version (default: current)"),
+    model: str | None = typer.Option(None, "--model", help="version (default: current)"),
     data: list[Path] = typer.Option(..., "--data", help="data root(s)"),
-    store: Optional[Path] = typer.Option(None, help="model store root (default: shipped store)"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default runs/eval-<version>)"),
+    store: Path | None = typer.Option(None, help="model store root (default: shipped store)"),
+    out: Path | None = typer.Option(None, help="output folder (default runs/eval-<version>)"),
     cache_dir: Path = typer.Option(Path("runs/cache")),
     threads: int = typer.Option(2),
     n_boot: int = typer.Option(1000),
@@ -89,8 +88,8 @@ def evaluate_command(
 
 def predict_command(
     paths: list[Path] = typer.Argument(..., help="image files (JPEG, PNG, DICOM)"),
-    model: Optional[str] = typer.Option(None, "--model", help="version (default: current)"),
-    store: Optional[Path] = typer.Option(None, help="model store root (default: shipped store)"),
+    model: str | None = typer.Option(None, "--model", help="version (default: current)"),
+    store: Path | None = typer.Option(None, help="model store root (default: shipped store)"),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or table"),
     threads: int = typer.Option(1),
 ) -> None:

@@ -32,7 +32,11 @@ import pandas as pd
 
 from schemas import CLASS_NAMES, MELANOMA
 from worker.training.manifest import (
-    MANIFEST_COLUMNS, SOURCE_HAM, SOURCE_ISIC2017, SOURCE_NINE_CLASS, ScanResult,
+    MANIFEST_COLUMNS,
+    SOURCE_HAM,
+    SOURCE_ISIC2017,
+    SOURCE_NINE_CLASS,
+    ScanResult,
 )
 
 _SOURCE_PREFERENCE = {SOURCE_HAM: 0, SOURCE_ISIC2017: 1, SOURCE_NINE_CLASS: 2}
@@ -84,7 +88,7 @@ def _counts(df: pd.DataFrame) -> dict:
         ).value_counts().sort_index().items()}
         for s, g in df.groupby("source")
     }
-    return {"images": int(len(df)), "per_class": per_class, "per_source": per_source,
+    return {"images": len(df), "per_class": per_class, "per_source": per_source,
             "per_source_class": by_source_class}
 
 

@@ -71,7 +71,6 @@ def partial_label_loss(mask, logits):
     One-hot masks make this ordinary cross-entropy; a melanoma-only negative row allows
     the eight other classes and so trains the melanoma axis without inventing a class.
     """
-    import keras
     from keras import ops
 
     mask = ops.cast(mask, logits.dtype)
@@ -94,7 +93,6 @@ def melanoma_auc_metric():
 
 
 def allowed_accuracy_metric():
-    import keras
     from keras import ops
 
     def allowed_acc(mask, logits):

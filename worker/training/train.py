@@ -17,14 +17,14 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from schemas import CLASS_NAMES, ModelMetadata, TriageThresholds
-from worker.model_store import MODEL_FILE, METADATA_FILE, file_sha256
+from worker.model_store import METADATA_FILE, MODEL_FILE, file_sha256
 from worker.training import calibration, datachecks, dataset, manifest, network, split
 
 CHECKPOINT_DIR = "checkpoints"
@@ -61,7 +61,7 @@ class TrainConfig:
 
 
 def _say(msg: str) -> None:
-    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", flush=True)
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {msg}", flush=True)
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, str, dict]:
@@ -88,8 +88,7 @@ class _EpochState:
         class EpochState(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 val = float((logs or {}).get("val_loss", math.inf))
-                if val < best[0]:
-                    best[0] = val
+                best[0] = min(best[0], val)
                 self.model.save_weights(ckpt / LAST_WEIGHTS)
                 tmp = ckpt / (STATE_FILE + ".tmp")
                 tmp.write_text(json.dumps({"phase": phase, "epoch": epoch + 1, "best_val_loss": best[0]}))
@@ -229,7 +228,7 @@ def train(cfg: TrainConfig) -> ModelMetadata:
     save_clean_model(cfg, model, tmp_model)
     tmp_model.replace(cfg.out / MODEL_FILE)
     sha = file_sha256(cfg.out / MODEL_FILE)
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     meta = ModelMetadata(
         version=f"{created:%Y%m%d-%H%M}-{sha[:8]}", created_at=created,
         parent_version=cfg.parent_version, sha256=sha, input_size=cfg.input_size,
@@ -254,10 +253,14 @@ def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarr
     """Per-source headline metrics with percentile-bootstrap 95% CIs (evaluation helper's bootstrap)."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from worker.training.metrics import binary_sens_spec, bootstrap_ci, expected_calibration_error
+    from worker.training.metrics import (
+        binary_sens_spec,
+        bootstrap_ci,
+        expected_calibration_error,
+    )
 
     def ci(t):
-        f = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
+        f = lambda v: None if v is None or not math.isfinite(v) else float(v)
         return {"value": f(t[0]), "ci_low": f(t[1]), "ci_high": f(t[2])}
 
     mel_idx = calibration.MEL
@@ -269,14 +272,14 @@ def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarr
         known = labels[m] >= 0
         kl, kp = labels[m][known], probs[m][known]
         t = thresholds.urgent_melanoma
-        auc = lambda yy, pp: roc_auc_score(yy, pp) if 0 < yy.sum() < yy.size else None  # noqa: E731
-        bal = lambda ll, pp: balanced_accuracy_score(ll, pp.argmax(axis=1)) if ll.size else None  # noqa: E731
+        auc = lambda yy, pp: roc_auc_score(yy, pp) if 0 < yy.sum() < yy.size else None
+        bal = lambda ll, pp: balanced_accuracy_score(ll, pp.argmax(axis=1)) if ll.size else None
         out[name] = {
             "n": int(m.sum()), "n_melanoma": int(y.sum()), "n_nine_class": int(known.sum()),
             "melanoma_auc": ci(bootstrap_ci(auc, y, p, n_boot=n_boot, seed=seed)),
-            "urgent_sensitivity": ci(bootstrap_ci(lambda a, b: binary_sens_spec(a, b, t)[0], y, p,
+            "urgent_sensitivity": ci(bootstrap_ci(lambda a, b, t=t: binary_sens_spec(a, b, t)[0], y, p,
                                                   n_boot=n_boot, seed=seed)),
-            "urgent_specificity": ci(bootstrap_ci(lambda a, b: binary_sens_spec(a, b, t)[1], y, p,
+            "urgent_specificity": ci(bootstrap_ci(lambda a, b, t=t: binary_sens_spec(a, b, t)[1], y, p,
                                                   n_boot=n_boot, seed=seed)),
             "balanced_accuracy": ci(bootstrap_ci(bal, kl, kp, n_boot=n_boot, seed=seed))
             if kl.size else None,
@@ -436,7 +439,7 @@ def rewrite_model_card(version_dir: Path) -> None:
     """Re-render model_card.md from the artefacts in a version folder (model untouched)."""
     d = Path(version_dir)
     meta = ModelMetadata.model_validate_json((d / METADATA_FILE).read_text())
-    load = lambda name: json.loads((d / name).read_text())  # noqa: E731
+    load = lambda name: json.loads((d / name).read_text())
     write_model_card(d, meta, load("data_quality.json"), load("calibration.json"), load("metrics.json"))
 
 
