@@ -551,3 +551,11 @@ def test_quiet_pydicom_stops_value_echo(monkeypatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_bytes(data).metadata.study_date is None
+
+
+def test_undeclared_utf8_patient_name_is_read_as_utf8():
+    """img2dcm and others write UTF-8 without (0008,0005): read "Zoë", not "ZoÃ«"."""
+    data = dicom_bytes(lesion_rgb((64, 64)), metadata={"PatientName": "Zoe^Anna"})
+    data = data.replace(b"Zoe^Anna", "Zoë^Ann".encode("utf-8"))  # same length: 8 bytes
+    assert b"\x08\x00\x05\x00" not in data[:2000]  # no Specific Character Set element
+    assert decode_bytes(data).metadata.patient_name == "Zoë^Ann"

@@ -258,8 +258,34 @@ _DATE_SOURCES = ("StudyDate", "AcquisitionDateTime", "AcquisitionDate", "Content
 _LATERALITIES = frozenset({"L", "R", "B", "U"})
 
 
+_TEXT_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber", "BodyPartExamined")
+
+
+def _assume_utf8_when_undeclared(ds: Dataset) -> None:
+    """Writers often put UTF-8 into files that declare no character set (the default is
+    ASCII, read by pydicom as Latin-1: "Müller" would print as "MÃ¼ller"). When nothing is
+    declared and the raw text is valid, non-ASCII UTF-8, read it as UTF-8."""
+    if "SpecificCharacterSet" in ds:
+        return
+    for keyword in _TEXT_KEYWORDS:
+        elem = ds.get_item(keyword)
+        raw = getattr(elem, "value", None)
+        if isinstance(raw, bytes) and not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return  # really some 8-bit set: keep the standard's default
+            implicit, little = ds.original_encoding
+            ds.set_original_encoding(implicit, little, "utf-8")  # how raw text gets decoded
+            return
+
+
 def read_metadata(ds: Dataset) -> ImageMetadata:
     """Identifiers and acquisition context from the tags. A bad tag is skipped, never fatal."""
+    try:
+        _assume_utf8_when_undeclared(ds)
+    except Exception:  # noqa: BLE001 - a heuristic must never reject an image
+        pass
     laterality = None
     for keyword in ("ImageLaterality", "Laterality"):
         value = (_text(ds, keyword) or "").upper()
