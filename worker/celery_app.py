@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> Celery:
             "processed_folder": str(settings.broker_dir / "processed"),
             "control_folder": str(settings.broker_dir / "control"),  # default: the cwd
             "store_processed": False,
+            "polling_interval": 0.1,  # default 1 s caps the embedded worker at ~1 image/s
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
         # Longer than any task may run, or an acks_late task is delivered twice.
