@@ -157,7 +157,7 @@ def record_seed(store: ModelStore, sessions: sessionmaker[Session]) -> bool:
             return False
         s.add(ModelEvent(action=SEED, version=current, previous_version=None,
                          actor=actor_name("melanoma-triage prepare"),
-                         reason="store seeded from the model shipped with the package"))
+                         reason="first current version of this store (seeded from the shipped models, or set up before the database recorded changes)"))
     return True
 
 
