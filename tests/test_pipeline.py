@@ -130,3 +130,21 @@ def test_shadow_candidate_is_recorded_but_never_reported(rt, tmp_path):
         assert set(triage_metrics(s)) == {"tiny-1", "tiny-2 (shadow)"}
     admin.set_shadow(store, rt.sessions, None, "test", "done comparing")
     assert store.shadow_version() is None
+
+
+def test_an_unexpected_error_fails_the_job_once_with_a_sidecar(rt, migrated_settings, monkeypatch):
+    from worker.celery_app import PROCESS_TASK
+
+    def broken(*_a, **_k):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(pipeline, "render_report", broken)
+    app = create_app(migrated_settings)
+    app._triage_runtime = rt  # the task runs here, in this process, on this runtime
+    job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=41)), name="crash me.jpg")
+    assert app.tasks[PROCESS_TASK].apply(args=[job_id]).get() == "failed"
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+    assert (job.state, job.error_code) == ("failed", "internal_error")
+    sidecar = json.loads((rt.settings.rejected_dir / f"{job_id}__crash_me.jpg.json").read_text())
+    assert sidecar["state"] == "failed" and "RuntimeError" in sidecar["reason"]

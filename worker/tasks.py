@@ -19,7 +19,10 @@ from sqlalchemy.exc import OperationalError
 from worker import pipeline, reconciler
 from worker.celery_app import PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK
 from worker.db import jobs
+from worker.db.models import Job
 from worker.errors import ModelNotAvailable, TransientError
+from worker.intake import archive
+from worker.intake.rejections import write_rejection
 from worker.runtime import Runtime, runtime_for
 
 log = logging.getLogger(__name__)
@@ -30,8 +33,14 @@ TRANSIENT = (TransientError, ModelNotAvailable, OperationalError, ConnectionErro
 
 
 def _record_failure(rt: Runtime, job_id: str, code: str, reason: str) -> None:
+    """Failed, not retried: recorded in the database and beside the file in rejected/."""
     with rt.sessions.begin() as s:
         jobs.fail(s, job_id, code, reason)
+        job = s.get(Job, job_id)
+        image, name = job.image, jobs.original_name(s, job_id)
+    data = archive.load(image.archive_path) if image.archive_path else None
+    write_rejection(rt.settings.rejected_dir, job_id, name, code, reason, data=data,
+                    sha256=image.sha256, state="failed")
 
 
 def _release(rt: Runtime, job_id: str) -> None:

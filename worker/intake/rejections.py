@@ -20,6 +20,7 @@ def write_rejection(
     data: bytes | None = None,
     source: Path | None = None,
     sha256: str | None = None,
+    state: str = "rejected",
 ) -> Path:
     """Put the file (bytes, or moved from ``source``) into rejected/ with ``<name>.json`` beside it."""
     rejected_dir.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,7 @@ def write_rejection(
         write_atomic(target, data)
     sidecar = {
         "job_id": job_id,
-        "state": "rejected",
+        "state": state,
         "code": code,
         "reason": reason,
         "original_name": original_name,
