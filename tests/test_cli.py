@@ -52,3 +52,25 @@ def test_schemas_import_without_celery_or_sqlalchemy():
             "print(sorted(m for m in ('celery', 'sqlalchemy', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_predict_walks_folders_and_reports_rejections(tmp_path, tiny_model_dir):
+    from tests.imagegen import jpeg_bytes
+    from worker.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    store.set_current(store.add_version(tiny_model_dir))
+    images = tmp_path / "images"
+    (images / "clinic").mkdir(parents=True)
+    (images / "clinic" / "a.jpg").write_bytes(jpeg_bytes(lesion_rgb(seed=50)))
+    (images / "b.dcm").write_bytes(dicom_bytes(lesion_rgb(seed=51)))
+    (images / "notes.txt").write_text("not an image")
+    result = CliRunner().invoke(app, ["predict", str(images), "--store", str(store.root)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images.rglob("*") if p.is_file())
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert by_name["notes.txt"]["error"] == "not_an_image"
+    for name in ("a.jpg", "b.dcm"):
+        assert by_name[name]["model_version"] == "tiny-1" and by_name[name]["triage"]
+        assert abs(sum(by_name[name]["probabilities"].values()) - 1) < 1e-6

@@ -86,48 +86,52 @@ def evaluate_command(
     typer.echo(json.dumps({k: mel.get(k) for k in ("auc", "sensitivity", "specificity") if k in mel}, default=str))
 
 
+def _image_paths(paths: list[Path]):
+    """Files as given; folders walked recursively in name order (hidden files skipped)."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*")
+                              if p.is_file() and not any(part.startswith(".") for part in
+                                                         p.relative_to(path).parts))
+        else:
+            yield path
+
+
 def predict_command(
-    paths: list[Path] = typer.Argument(..., help="image files (JPEG, PNG, DICOM)"),
+    paths: list[Path] = typer.Argument(..., help="image files or folders (recursive): JPEG, PNG, DICOM"),
     model: str | None = typer.Option(None, "--model", help="version (default: current)"),
     store: Path | None = typer.Option(None, help="model store root (default: shipped store)"),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or table"),
     threads: int = typer.Option(1),
 ) -> None:
-    """Classify and triage images; one JSON line (or table row) per image."""
+    """Classify and triage images with the workers' decoding and inference code; one JSON
+    line (or table row) per image, and a line with "error" for a rejected input."""
     from worker.classify.inference import Classifier, configure_tensorflow
     from worker.errors import InputRejected
     from worker.imaging.decode import decode_file
+    from worker.imaging.quality import assess_quality
 
     if fmt not in ("jsonl", "table"):
         raise typer.BadParameter("--format must be jsonl or table")
     configure_tensorflow(threads)
     clf = Classifier.from_store(_store(store), model)
-    rows = []
-    for path in paths:
+    if fmt == "table":
+        typer.echo(f"{'path':40} {'triage':14} {'class':28} {'P(mel)':>7}  model {clf.version}")
+    for path in _image_paths(paths):
         try:
             rgb = decode_file(path).rgb
         except InputRejected as exc:
-            rows.append({"path": str(path), "error": exc.code, "reason": exc.reason})
-            continue
-        usable = True
-        try:
-            from worker.imaging.quality import assess_quality
-
-            usable, _ = assess_quality(rgb)
-        except ImportError:  # pragma: no cover
-            pass
-        rows.append(json.loads(clf.predict(rgb, usable_image=usable, path=str(path)).model_dump_json()))
-    if fmt == "jsonl":
-        for r in rows:
-            typer.echo(json.dumps(r))
-        return
-    typer.echo(f"{'path':40} {'triage':14} {'class':28} {'P(mel)':>7}  model {clf.version}")
-    for r in rows:
-        if "error" in r:
-            typer.echo(f"{r['path'][-40:]:40} {'rejected':14} {r['error']:28} {'':>7}")
+            row = {"path": str(path), "error": exc.code, "reason": exc.reason}
         else:
-            typer.echo(f"{r['path'][-40:]:40} {r['triage']:14} {r['predicted_class']:28} "
-                       f"{r['melanoma_probability']:7.3f}")
+            usable, _ = assess_quality(rgb)
+            row = json.loads(clf.predict(rgb, usable_image=usable, path=str(path)).model_dump_json())
+        if fmt == "jsonl":
+            typer.echo(json.dumps(row))
+        elif "error" in row:
+            typer.echo(f"{row['path'][-40:]:40} {'rejected':14} {row['error']:28} {'':>7}")
+        else:
+            typer.echo(f"{row['path'][-40:]:40} {row['triage']:14} {row['predicted_class']:28} "
+                       f"{row['melanoma_probability']:7.3f}")
 
 
 @data_app.command("check")
