@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from schemas import ModelMetadata
 
 #: Lesion colour per generated class (melanoma: very dark blue-black).
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -51,7 +55,7 @@ def write_tiny_dataset(root: Path, per_class: int = 20, seed: int = 0, size: int
     return root
 
 
-def tiny_trainer(req) -> "ModelMetadata":
+def tiny_trainer(req) -> ModelMetadata:
     """A challenger trainer for tests: the product's manifest, data checks, split, cache and
     calibration, with a tiny CNN instead of MobileNet (seconds on one core).
 
@@ -114,14 +118,14 @@ def tiny_trainer(req) -> "ModelMetadata":
     return meta
 
 
-def crashing_trainer(req) -> "ModelMetadata":
+def crashing_trainer(req) -> ModelMetadata:
     """Dies half-way: a partial model file in the staging folder, then an exception."""
     req.out.mkdir(parents=True, exist_ok=True)
     (req.out / "model.keras").write_bytes(b"PK\x03\x04 half-written")
     raise RuntimeError("trainer died half-way (test)")
 
 
-def killed_trainer(req) -> "ModelMetadata":
+def killed_trainer(req) -> ModelMetadata:
     """Dies like an OOM kill: a partial model file, then SIGKILL of its own process."""
     import os
     import signal

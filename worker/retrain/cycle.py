@@ -41,7 +41,7 @@ from worker.model_store import METADATA_FILE, MODEL_FILE, ModelStore
 from worker.retrain import admin, gates, truth
 from worker.retrain.locked_set import EVAL, TRAIN, LockedSet
 from worker.retrain.lock import RETRAIN_LOCK, DbLease, current_holder, pointer_lock
-from worker.retrain.training import DEFAULT_TRAINER, Trainer, TrainRequest, load_trainer
+from worker.retrain.training import Trainer, TrainRequest, load_trainer
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
