@@ -129,22 +129,16 @@ def db_upgrade(home: HomeOption = None,
     typer.echo(f"database at revision {current_revision(settings.database_url)}")
 
 
-def _register_retrain() -> None:
-    from worker.retrain.cli import register
+def _register_command_groups() -> None:
+    """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.retrain.cli import register as register_retrain
+    from worker.training.cli import register as register_training
 
-    register(app)
-
-
-def _register_optional() -> None:
-    try:
-        from worker.training.cli import register
-    except ImportError:  # pragma: no cover - training commands not installed
-        return
-    register(app)
+    register_training(app)
+    register_retrain(app)
 
 
-_register_optional()
-_register_retrain()
+_register_command_groups()
 
 
 def main() -> None:
