@@ -8,11 +8,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test,flower]"
-# pdftotext/pdftoppm read the reports in the tests; DejaVu renders non-Latin patient names.
-if ! command -v pdftotext >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+# pdftotext/pdfinfo read the reports in the tests, dcmdump is an independent DICOM parser
+# for the fixtures, DejaVu renders non-Latin patient names.
+if ! command -v pdftotext >/dev/null 2>&1 || ! command -v dcmdump >/dev/null 2>&1 \
+   || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq poppler-utils fonts-dejavu-core >/dev/null
+    apt-get update -qq && apt-get install -y -qq poppler-utils dcmtk fonts-dejavu-core >/dev/null
   else
-    echo "please install poppler-utils and fonts-dejavu-core" >&2
+    echo "please install poppler-utils, dcmtk and fonts-dejavu-core" >&2
   fi
 fi

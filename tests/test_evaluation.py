@@ -1,7 +1,6 @@
 """evaluate_predictions on synthetic probabilities and small generated images."""
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
@@ -109,7 +108,6 @@ def test_confidently_wrong_sorted(evaluated):
     assert probs_listed
 
 
-@pytest.mark.skipif(shutil.which("pdfinfo") is None, reason="poppler-utils not installed")
 def test_pdf_is_one_page(evaluated):
     _, out, _ = evaluated
     info = subprocess.run(["pdfinfo", str(out / "evaluation.pdf")], capture_output=True, text=True,

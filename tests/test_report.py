@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
@@ -19,9 +18,6 @@ from schemas.classes import DISPLAY_NAMES
 from worker.report import ReportContent, render_report, report_filename
 from worker.report.layout import format_person_name
 
-needs_poppler = pytest.mark.skipif(
-    shutil.which("pdftotext") is None or shutil.which("pdfinfo") is None, reason="poppler-utils not installed"
-)
 
 JOB_ID = "3f2a9c1e-6b7d-4e21-9a0b-5c4d3e2f1a00"
 RECEIVED = datetime(2024, 3, 5, 9, 12, 3, tzinfo=timezone.utc)
@@ -86,7 +82,6 @@ def render(tmp_path: Path, content: ReportContent) -> Path:
 # ---------------------------------------------------------------- page content
 
 
-@needs_poppler
 def test_report_shows_identifiers_result_and_statement(tmp_path: Path) -> None:
     content = make_content()
     out = render(tmp_path, content)
@@ -118,7 +113,6 @@ def test_report_shows_identifiers_result_and_statement(tmp_path: Path) -> None:
     assert "None" not in text
 
 
-@needs_poppler
 @pytest.mark.parametrize("level", list(TriageLevel))
 def test_every_triage_level_renders_its_wording(tmp_path: Path, level: TriageLevel) -> None:
     out = render(tmp_path, make_content(triage=level))
@@ -126,7 +120,6 @@ def test_every_triage_level_renders_its_wording(tmp_path: Path, level: TriageLev
     assert level.wording in pdf_text(out)
 
 
-@needs_poppler
 def test_missing_fields_read_not_recorded(tmp_path: Path) -> None:
     out = render(tmp_path, make_content(metadata=ImageMetadata()))
     assert out.name == f"NOID_{JOB_ID}.pdf"
@@ -136,7 +129,6 @@ def test_missing_fields_read_not_recorded(tmp_path: Path) -> None:
     assert page_count(out) == 1
 
 
-@needs_poppler
 def test_quality_note_is_shown(tmp_path: Path) -> None:
     note = "Image is out of focus; lesion border not assessable."
     out = render(tmp_path, make_content(triage=TriageLevel.INDETERMINATE, quality_note=note))
@@ -145,7 +137,6 @@ def test_quality_note_is_shown(tmp_path: Path) -> None:
     assert note in text
 
 
-@needs_poppler
 def test_long_hostile_values_stay_on_one_page(tmp_path: Path) -> None:
     long = "<b>&amp; " + "x" * 5000
     content = make_content(
@@ -159,7 +150,6 @@ def test_long_hostile_values_stay_on_one_page(tmp_path: Path) -> None:
     assert "<b>&amp;" in pdf_text(out)  # escaped, printed literally, not markup
 
 
-@needs_poppler
 @pytest.mark.parametrize("name", ["Müller^Zoë", "李^小龙", "Yamada^Tarou=山田^太郎=やまだ^たろう", "Ñúñez^José^María^Dr^Jr"])
 def test_unicode_patient_names_do_not_crash(tmp_path: Path, name: str) -> None:
     out = render(tmp_path, make_content(metadata=ImageMetadata(patient_id="P1", patient_name=name)))
@@ -168,7 +158,6 @@ def test_unicode_patient_names_do_not_crash(tmp_path: Path, name: str) -> None:
         assert "Müller, Zoë" in pdf_text(out)
 
 
-@needs_poppler
 def test_no_patient_data_in_pdf_metadata(tmp_path: Path) -> None:
     out = render(tmp_path, make_content())
     info = subprocess.run(["pdfinfo", str(out)], check=True, capture_output=True, text=True).stdout
