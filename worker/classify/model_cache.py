@@ -36,7 +36,8 @@ class ModelCache:
         from worker.classify.inference import Classifier
 
         version = self.store.shadow_version()
-        if version is None or version == self.store.current_version():
+        serving = self._classifier.version if self._classifier is not None else None
+        if version is None or version == serving:  # get() just read CURRENT: no second read
             return None
         with self._lock:
             if self._shadow is None or self._shadow.version != version:

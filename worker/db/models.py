@@ -125,10 +125,6 @@ class Prediction(Base):
 
     job: Mapped[Job] = relationship(back_populates="predictions")
 
-    @property
-    def melanoma_probability(self) -> float:
-        return self.p_melanoma
-
     def probabilities(self) -> dict[str, float]:
         from schemas import CLASS_NAMES
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
 from schemas.classes import CLASS_NAMES, DISPLAY_NAMES
+from worker.training.figures import load_thumbnail, save_figure
 
 DISTRIBUTION_PNG = "class_distribution.png"
 SAMPLES_PNG = "samples_grid.png"
@@ -41,11 +40,6 @@ def _categories(manifest: pd.DataFrame) -> pd.Series:
 
 def _display(category: str) -> str:
     return DISPLAY_NAMES.get(category, category[0].upper() + category[1:])
-
-
-def _save(fig: Figure, path: Path, dpi: int = 150) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi)
 
 
 def describe_dataset(manifest: pd.DataFrame, out_dir: Path, samples_per_class: int = 6, seed: int = 0) -> str:
@@ -89,17 +83,7 @@ def _plot_distribution(counts: pd.DataFrame, path: Path) -> None:
     ax.set_title("Images per class and source (stacked)", fontsize=10)
     ax.legend(title="Source", fontsize=8, title_fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
-
-
-def _thumb(path: str, size: int = 128) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return np.asarray(im)
-    except (OSError, ValueError):
-        return None
+    save_figure(fig, path)
 
 
 def _plot_samples(df: pd.DataFrame, order: list[str], k: int, seed: int, path: Path) -> None:
@@ -123,14 +107,14 @@ def _plot_samples(df: pd.DataFrame, order: list[str], k: int, seed: int, path: P
                               rotation=0, ha="right", va="center")
             if c >= len(chosen):
                 continue
-            img = _thumb(str(df.at[chosen[c], "path"]))
+            img = load_thumbnail(str(df.at[chosen[c], "path"]), 128)
             if img is None:
                 ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6, color="darkred",
                         transform=ax.transAxes)
             else:
                 ax.imshow(img)
             ax.set_title(str(df.at[chosen[c], "source"])[:18], fontsize=5.5, pad=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -161,7 +145,7 @@ def _plot_sizes(df: pd.DataFrame, path: Path) -> None:
     ax.set_title("Image sizes per source (marker area ~ number of images)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _summary(df: pd.DataFrame, counts: pd.DataFrame) -> str:

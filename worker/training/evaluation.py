@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
@@ -26,6 +25,7 @@ from schemas.classes import CLASS_NAMES, DISPLAY_NAMES, MELANOMA, SOON_CLASSES
 from schemas.messages import TriageThresholds
 from schemas.states import TriageLevel
 from worker.classify.triage import decide
+from worker.training.figures import load_thumbnail, save_figure
 from worker.training.metrics import (
     N_BINS,
     N_BOOT,
@@ -239,11 +239,6 @@ def _confidently_wrong(probs, labels, melanoma, thresholds, paths) -> list[dict]
 # --- figures -------------------------------------------------------------------------------
 
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=FIGURE_DPI)
-
-
 def _wrap(name: str, width: int = 16) -> str:
     return "\n".join(textwrap.wrap(name, width))
 
@@ -269,7 +264,7 @@ def _plot_confusion(cm: np.ndarray, path: Path) -> None:
     ax.set_title("Confusion matrix (row-normalised)", fontsize=8)
     cb = fig.colorbar(im, ax=ax, shrink=0.7)
     cb.ax.tick_params(labelsize=5.5)
-    _save(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def _plot_roc(probs, labels, melanoma, mel: dict, path: Path) -> None:
@@ -306,7 +301,7 @@ def _plot_roc(probs, labels, melanoma, mel: dict, path: Path) -> None:
     ax.tick_params(labelsize=6)
     ax.set_title("ROC curves, one-vs-rest (AUC)", fontsize=8)
     ax.legend(fontsize=5.2, loc="lower right", frameon=True, framealpha=0.9)
-    _save(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def _plot_reliability(bins: list[dict], ece: float | None, kp: np.ndarray, path: Path) -> None:
@@ -333,23 +328,13 @@ def _plot_reliability(bins: list[dict], ece: float | None, kp: np.ndarray, path:
     bottom.set_xlabel("Confidence (top-class probability)", fontsize=7)
     bottom.set_ylabel("Images", fontsize=7)
     bottom.tick_params(labelsize=6)
-    _save(fig, path)
-
-
-def _load_thumb(path: str, size: int = 160) -> Image.Image | None:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return im
-    except (OSError, ValueError):
-        return None
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def _plot_wrong(wrong: list[dict], path: Path) -> None:
     shown = []
     for w in wrong:
-        thumb = _load_thumb(w["path"])
+        thumb = load_thumbnail(w["path"], 160)
         if thumb is not None:
             shown.append((w, thumb))
         if len(shown) == N_WRONG:
@@ -372,7 +357,7 @@ def _plot_wrong(wrong: list[dict], path: Path) -> None:
         ax.imshow(np.asarray(thumb))
         ax.set_title(f"True: {w['true']}\nPred: {w['predicted']} ({w['probability']:.2f})\n"
                      f"{Path(w['path']).name[:28]}", fontsize=5.5, color="darkred")
-    _save(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 # --- PDF -----------------------------------------------------------------------------------
