@@ -61,6 +61,10 @@ class TriageThresholds(BaseModel):
     urgent_specificity: float | None = None
     soon_sensitivity: float | None = None
     soon_specificity: float | None = None
+    # The class call: argmax of log(p) + class_bias (a prior correction fitted on validation
+    # for balanced accuracy; rare classes are otherwise almost never named). None: argmax of p.
+    # Triage never uses it: it reads the calibrated probabilities above.
+    class_bias: list[float] | None = None
 
 
 class ModelMetadata(BaseModel):

@@ -5,10 +5,10 @@ with the retraining schedule set to every minute, tiny generated training data, 
 random tiny champion; waits for beat's retraining to finish, stops the service, and prints
 the recorded decision and the model history.
 
-    PYTHONPATH=. .venv/bin/python scripts/demo_retrain_from_beat.py [--trainer tiny|mobilenet]
+    PYTHONPATH=. .venv/bin/python scripts/demo_retrain_from_beat.py [--trainer tiny|product]
 
-``tiny`` trains the small CNN of tests/retraingen.py (seconds); ``mobilenet`` trains the
-product's MobileNet recipe at 32 px without pretrained weights (about a minute here).
+``tiny`` trains the small CNN of tests/retraingen.py (seconds); ``product`` trains the
+product's default recipe at 32 px without pretrained weights (a minute or two here).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from worker.model_store import ModelStore  # noqa: E402
 
 TRAINERS = {
     "tiny": ("tests.retraingen:tiny_trainer", {}),
-    "mobilenet": ("worker.retrain.training:train_mobilenet",
+    "product": ("worker.retrain.training:train_product",
                   {"input_size": 32, "weights": None, "head_epochs": 1, "epochs": 2, "n_boot": 200}),
 }
 

@@ -60,7 +60,7 @@ def test_choose_thresholds_records_validation_sens_spec():
     labels_partial = labels.copy()
     labels_partial[:200] = -1  # melanoma-only rows still count for the urgent threshold
     th = calibration.choose_thresholds(probs, labels_partial, mel)
-    assert th.urgent_sensitivity >= 0.95 and th.soon_sensitivity >= 0.90
+    assert th.urgent_sensitivity >= calibration.URGENT_SENSITIVITY and th.soon_sensitivity >= 0.90
     assert 0 < th.urgent_specificity < 1 and 0 < th.soon_specificity < 1
     soon_idx = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
     known = labels_partial >= 0
@@ -91,3 +91,41 @@ def test_calibrate_improves_nll_of_overconfident_logits():
     rec = calibration.calibrate(over, masks, labels, (labels == MEL).astype(int))
     assert rec["temperature"] == pytest.approx(3.0, rel=0.1)
     assert rec["nll_after"] < rec["nll_before"] and rec["ece_after"] < rec["ece_before"]
+
+
+def test_class_call_applies_the_bias_by_hand():
+    from worker.classify.triage import class_call, named_class
+    from schemas import TriageThresholds
+
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.1, 0.7]])
+    assert class_call(p, None).tolist() == [0, 2]
+    # log .3 + log 3 = log .9 > log .6: the second class is named for row 0; row 1 keeps 2
+    assert class_call(p, [0.0, np.log(3.0), 0.0]).tolist() == [1, 2]
+    assert int(class_call(p[0], [0.0, np.log(1.9), 0.0])) == 0  # .57 < .6
+    with pytest.raises(ValueError):
+        class_call(p, [0.0, 1.0])
+    probs = dict(zip(CLASS_NAMES, [0.02, 0.02, 0.02, 0.02, 0.6, 0.02, 0.02, 0.26, 0.02]))
+    t = TriageThresholds(urgent_melanoma=0.5, soon_keratinocyte=0.5, min_confidence=0.0)
+    assert named_class(probs, t) == "nevus"
+    bias = [0.0] * K
+    bias[CLASS_NAMES.index("squamous_cell_carcinoma")] = 1.0  # .26 * e = .71 > .6
+    assert named_class(probs, t.model_copy(update={"class_bias": bias})) == "squamous_cell_carcinoma"
+
+
+def test_class_bias_names_a_rare_class_that_argmax_never_calls():
+    # 90 majority rows at p=(.9,.1); 10 rare rows at p=(.6,.4): argmax never says "rare",
+    # balanced accuracy 0.5. Any beta that lifts the rare class past .6/.4 -> 1.0.
+    rows = [[0.9, 0.1]] * 90 + [[0.6, 0.4]] * 10
+    probs, labels = np.array(rows), np.array([0] * 90 + [1] * 10)
+    bias, beta, scores = calibration.fit_class_bias(probs, labels)
+    assert scores[0.0] == pytest.approx(0.5)
+    # prior = (.87, .13); the rare row wins when beta*log(.87/.13) > log(.6/.4)=0.405 and the
+    # majority rows stay when beta*1.90 < log(.9/.1)=2.197: beta in (0.213, 1.156); smallest grid point 0.25
+    assert beta == 0.25 and scores[0.25] == pytest.approx(1.0)
+    assert bias == pytest.approx([-0.25 * np.log(0.87), -0.25 * np.log(0.13)])
+
+
+def test_class_bias_is_none_when_argmax_is_already_best():
+    probs = np.array([[0.9, 0.1]] * 5 + [[0.2, 0.8]] * 5)
+    bias, beta, _ = calibration.fit_class_bias(probs, np.array([0] * 5 + [1] * 5))
+    assert bias is None and beta == 0.0

@@ -69,6 +69,9 @@ def make_fixture_data(root: Path, per_class: int = 6) -> dict:
             r["lesion_id"] = "HAM_SHARED"
     override_id = next(r["image_id"] for r in rows if r["dx"] == "bcc")
     blob_jpeg(nine / "nevus" / f"{override_id}.jpg", "basal_cell_carcinoma", 40, 777)
+    # HAM akiec that the folder calls squamous_cell_carcinoma (Bowen's disease): refined
+    refined_id = next(r["image_id"] for r in rows if r["dx"] == "akiec")
+    blob_jpeg(nine / "squamous_cell_carcinoma" / f"{refined_id}.jpg", "actinic_keratosis", 40, 778)
     pd.DataFrame(rows).to_csv(ham / "labels.csv", index=False)
 
     # ISIC 2017 melanoma-only; one id also in isic-9class as nevus but melanoma=1 (dropped)
@@ -84,6 +87,7 @@ def make_fixture_data(root: Path, per_class: int = 6) -> dict:
     rows17.append({"image_id": axis_id, "melanoma": 1})
     pd.DataFrame(rows17).to_csv(i17 / "labels.csv", index=False)
     return {"dup_id": dup_src.stem, "two_folder_id": "ISIC_9500000", "override_id": override_id,
+            "refined_id": refined_id,
             "axis_id": axis_id, "lesion_images": lesion_ids, "unreadable": "ISIC_9600000"}
 
 
@@ -136,11 +140,14 @@ def test_conflicting_labels_resolved_by_rule(checked):
     # HAM dx wins over the folder label; the larger (HAM) copy is kept
     assert res.loc[facts["override_id"], "label"] == "basal_cell_carcinoma"
     assert res.loc[facts["override_id"], "source"] == "ham10000"
+    # ...except where the folder label is a finer diagnosis the HAM code covers
+    assert res.loc[facts["refined_id"], "label"] == "squamous_cell_carcinoma"
+    assert res.loc[facts["refined_id"], "source"] == "ham10000"
     # ISIC 2017 melanoma=1 against a nine-class vascular_lesion label: dropped
     assert facts["axis_id"] not in res.index
     d = result.report["decisions"]
     assert d["dropped_folder_conflict"] == 1 and d["dropped_melanoma_axis_conflict"] == 1
-    assert d["folder_label_overridden_by_ham"] == 1
+    assert d["folder_label_overridden_by_ham"] == 1 and d["ham_code_refined_by_folder"] == 1
 
 
 def test_split_keeps_lesions_and_copies_on_one_side(checked):

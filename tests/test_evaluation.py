@@ -123,3 +123,21 @@ def test_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(ValueError):  # a melanoma label with melanoma flag 0 is a contradiction
         evaluate_predictions(probs, np.array([MEL, 1, 2]), np.array([0, 0, 0]), THRESHOLDS,
                              ["a", "b", "c"], tmp_path, "x", n_boot=5)
+
+
+def test_class_calls_follow_the_versions_class_bias(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    probs, labels, melanoma, paths, sources = _synthetic(tmp_path)
+    bias = [0.0] * len(CLASS_NAMES)
+    bias[CLASS_NAMES.index("dermatofibroma")] = 2.5  # names dermatofibroma far more often
+    t = THRESHOLDS.model_copy(update={"class_bias": bias})
+    m = evaluate_predictions(probs, labels, melanoma, t, paths, tmp_path / "o", "bias", n_boot=20,
+                             sources=sources)
+    known = labels >= 0
+    calls = (np.log(probs[known]) + np.array(bias)).argmax(axis=1)
+    assert not np.array_equal(calls, probs[known].argmax(axis=1))
+    assert m["nine_class"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels[known], calls))
+    assert m["balanced_accuracy"]["value"] == pytest.approx(m["nine_class"]["balanced_accuracy"])
+    col = np.array(m["nine_class"]["confusion_matrix"]).sum(axis=0)
+    assert col[CLASS_NAMES.index("dermatofibroma")] == (calls == CLASS_NAMES.index("dermatofibroma")).sum()

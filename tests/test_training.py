@@ -127,3 +127,12 @@ def test_evaluate_and_describe_commands(trained, tmp_path):
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert any((tmp_path / "desc").iterdir())
+
+
+def test_cosine_lr_by_hand():
+    from worker.training.train import cosine_lr
+
+    assert cosine_lr(1e-3, 0, 10) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 5, 10) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # half way: mean
+    assert cosine_lr(1e-3, 10, 10) == pytest.approx(2e-5)
+    assert cosine_lr(1e-3, 99, 10) == pytest.approx(2e-5)  # clamped past the end

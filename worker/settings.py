@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     retrain_cron: str = Field("0 3 * * 0", description="Retraining schedule (crontab: min hour dom month dow)")
     # Retraining (worker/retrain): base data, trainer, locked evaluation set and gate policy.
     training_data_dirs: list[Path] = Field(default_factory=list, description="Base training data roots (JSON list)")
-    retrain_trainer: str = Field("worker.retrain.training:train_mobilenet", description="module:function")
+    retrain_trainer: str = Field("worker.retrain.training:train_product", description="module:function")
     retrain_train_args: dict = Field(default_factory=dict, description="TrainConfig overrides (JSON)")
     retrain_eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of new images locked for evaluation")
     retrain_auc_margin: float = Field(0.02, ge=0, description="Melanoma AUC non-inferiority margin")

@@ -14,7 +14,7 @@ import numpy as np
 
 from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, PredictionResult
 from worker.classify.preprocess import to_model_input
-from worker.classify.triage import decide
+from worker.classify.triage import decide, named_class
 from worker.errors import ModelNotAvailable
 from worker.model_store import ModelStore
 
@@ -99,7 +99,7 @@ class Classifier:
         return PredictionResult(
             path=path, model_version=self.version, probabilities=probs,
             melanoma_probability=probs[MELANOMA],
-            predicted_class=max(probs, key=probs.__getitem__),
+            predicted_class=named_class(probs, self.metadata.thresholds),
             triage=decide(probs, self.metadata.thresholds, usable_image),
         )
 

@@ -4,9 +4,33 @@ The thresholds come from the model store (chosen on validation data when the mod
 trained); nothing here or in the report code hard-codes an operating point.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from schemas import MELANOMA, SOON_CLASSES, TriageLevel, TriageThresholds
+import numpy as np
+
+from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel, TriageThresholds
+
+
+def class_call(probs: np.ndarray, class_bias: Sequence[float] | None) -> np.ndarray:
+    """Index of the named class per row of ``probs`` (n, 9) -- or one index for a 1-D row.
+
+    ``argmax(log p + class_bias)``: the model version's prior correction, so a rare class
+    with a high probability *relative to how often the model says it* gets named. With no
+    bias, the plain most probable class.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if class_bias is None:
+        return p.argmax(axis=-1)
+    bias = np.asarray(class_bias, dtype=np.float64)
+    if bias.shape != (p.shape[-1],):
+        raise ValueError(f"class_bias needs {p.shape[-1]} values, got {bias.shape}")
+    return (np.log(np.clip(p, 1e-12, None)) + bias).argmax(axis=-1)
+
+
+def named_class(probabilities: Mapping[str, float], thresholds: TriageThresholds) -> str:
+    """:func:`class_call` for one image's probabilities keyed by class name."""
+    row = np.array([probabilities[c] for c in CLASS_NAMES])
+    return CLASS_NAMES[int(class_call(row, thresholds.class_bias))]
 
 
 def decide(

@@ -1,6 +1,6 @@
 """Challenger trainers: ``TrainRequest -> ModelMetadata``, writing a complete version folder.
 
-The default is the product's own training (``worker.training.train``, MobileNet). A
+The default is the product's own training (``worker.training.train``, its default recipe). A
 deployment may name another with ``TRIAGE_RETRAIN_TRAINER=module:function`` (tests use a
 tiny network to stay within seconds).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from schemas import ModelMetadata
 
-DEFAULT_TRAINER = "worker.retrain.training:train_mobilenet"
+DEFAULT_TRAINER = "worker.retrain.training:train_product"
 
 
 @dataclass(frozen=True)
@@ -32,19 +32,20 @@ class TrainRequest:
 Trainer = Callable[[TrainRequest], ModelMetadata]
 
 
-def train_mobilenet(req: TrainRequest) -> ModelMetadata:
+def train_product(req: TrainRequest) -> ModelMetadata:
     """``worker.training.train.train`` with ``retrain_train_args`` as TrainConfig overrides.
 
     No warm start: TrainConfig starts from ImageNet weights (or none), which keeps every
     version reproducible from its data manifest and command.
     """
+    from worker.training.network import resolve_weights
     from worker.training.train import TrainConfig, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out", "command",
                                                                  "parent_version", "cache_dir"}
     opts = {k: v for k, v in req.options.items() if k in names}
-    if isinstance(opts.get("weights"), str):
-        opts["weights"] = None if opts["weights"].lower() == "none" else Path(opts["weights"])
+    if "weights" in opts:
+        opts["weights"] = resolve_weights(opts["weights"], opts.get("backbone", TrainConfig.backbone))
     cfg = TrainConfig(data=req.data, out=req.out, command=req.command,
                       parent_version=req.parent_version, cache_dir=req.cache_dir, **opts)
     return train(cfg)

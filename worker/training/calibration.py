@@ -5,7 +5,10 @@
   partial-label likelihood: the probability of the set of classes they allow (melanoma
   vs the eight others), the same likelihood they were trained with.
 * ``urgent_melanoma``: the largest threshold on the calibrated melanoma probability with
-  validation melanoma sensitivity >= 0.95 (all rows: every row has a melanoma label).
+  validation melanoma sensitivity >= 0.97 (all rows: every row has a melanoma label). The
+  requirement is 0.95; the 0.02 margin is for the sampling error of ~160 validation
+  melanomas (95% CI about +-0.035): thresholds set at exactly 0.95 on validation gave
+  0.907-0.951 on the test split in three MobileNet runs.
 * ``soon_keratinocyte``: the largest threshold on the summed probability of
   ``SOON_CLASSES`` with validation sensitivity >= 0.90 for those classes (nine-class rows
   only: a melanoma-only negative may be a BCC, so it is neither positive nor negative).
@@ -13,11 +16,16 @@
   (isotonic fit of "top class correct" on top probability, nine-class rows): below it the
   model is more often wrong than right about the class, so a non-urgent, non-soon image is
   marked indeterminate. Capped at 0.6; 0 if even the least confident images are mostly right.
+* ``class_bias`` (the class call, not triage): ``-beta * log(prior)``, where ``prior`` is the
+  mean calibrated probability per class over validation (floored at 1e-3) and ``beta`` in
+  0, 0.125, ..., 1.5 maximises validation balanced accuracy (ties: the smaller beta). One
+  parameter, so 1,300 validation images cannot overfit it class by class. beta 0 is argmax.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -28,9 +36,11 @@ from worker.training.metrics import binary_sens_spec, expected_calibration_error
 
 MEL = CLASS_NAMES.index(MELANOMA)
 SOON = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
-URGENT_SENSITIVITY = 0.95
+URGENT_SENSITIVITY = 0.97  # validation target: the required 0.95 plus a margin
 SOON_SENSITIVITY = 0.90
 MIN_CONFIDENCE_CAP = 0.6
+PRIOR_FLOOR = 1e-3
+BETA_GRID = tuple(np.round(np.arange(0.0, 1.5001, 0.125), 3))
 
 
 def softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -85,6 +95,26 @@ def min_confidence_threshold(probs: np.ndarray, labels: np.ndarray, cap: float =
     return float(min(grid[reached[0]], cap))
 
 
+def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[list[float] | None, float, dict]:
+    """(class_bias, beta, validation balanced accuracy per beta); None when beta is 0."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    known = labels >= 0
+    if not known.any():
+        return None, 0.0, {}
+    log_prior = np.log(np.clip(probs.mean(axis=0), PRIOR_FLOOR, None))
+    log_p = np.log(np.clip(probs[known], 1e-12, None))
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a call of a class absent from labels
+        for beta in BETA_GRID:
+            pred = (log_p - beta * log_prior).argmax(axis=1)
+            scores[float(beta)] = float(balanced_accuracy_score(labels[known], pred))
+    best = max(scores, key=lambda b: (round(scores[b], 6), -b))
+    bias = None if best == 0 else [float(v) for v in -best * log_prior]
+    return bias, best, scores
+
+
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray) -> TriageThresholds:
     p_mel = probs[:, MEL]
     urgent = sensitivity_threshold(melanoma, p_mel, URGENT_SENSITIVITY)
@@ -94,11 +124,12 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarra
     p_soon = probs[known][:, SOON].sum(axis=1)
     soon = sensitivity_threshold(soon_true, p_soon, SOON_SENSITIVITY)
     s_sens, s_spec = binary_sens_spec(soon_true, p_soon, soon)
+    class_bias, _, _ = fit_class_bias(probs, labels)
     return TriageThresholds(
         urgent_melanoma=urgent, soon_keratinocyte=soon,
         min_confidence=min_confidence_threshold(probs, labels),
         urgent_sensitivity=u_sens, urgent_specificity=u_spec,
-        soon_sensitivity=s_sens, soon_specificity=s_spec,
+        soon_sensitivity=s_sens, soon_specificity=s_spec, class_bias=class_bias,
     )
 
 
@@ -119,6 +150,8 @@ def calibrate(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, melanom
         "nll_after": partial_nll(logits, masks, t),
         "ece_before": expected_calibration_error(probs_raw[known], labels[known]),
         "ece_after": expected_calibration_error(probs[known], labels[known]),
+        "class_call": dict(zip(("class_bias", "beta", "balanced_accuracy_by_beta"),
+                               fit_class_bias(probs, labels))),
         "indeterminate_share_validation": float((conf < thresholds.min_confidence).mean()) if conf.size else 0.0,
         "thresholds": thresholds.model_dump(),
         "rules": __doc__.strip(),

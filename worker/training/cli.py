@@ -11,13 +11,16 @@ from pathlib import Path
 
 import typer
 
-from worker.training.network import DEFAULT_WEIGHTS
+from worker.training.network import (
+    BACKBONES,
+    DEFAULT_UNFREEZE,
+    DEFAULT_WEIGHTS,
+    IMAGENET,
+    LITE0_WEIGHTS,
+    resolve_weights,
+)
 
 data_app = typer.Typer(help="Inspect and check training data.", pretty_exceptions_show_locals=False)
-
-
-def _weights(value: str) -> Path | None:
-    return None if value.lower() == "none" else Path(value)
 
 
 def _store(store: Path | None):
@@ -29,20 +32,24 @@ def _store(store: Path | None):
 def train_command(
     data: list[Path] = typer.Option(..., "--data", help="data root(s); layouts are detected"),
     out: Path = typer.Option(..., "--out", help="version folder to write"),
-    epochs: int = typer.Option(30, help="maximum fine-tuning epochs (early stopping ends sooner)"),
-    head_epochs: int = typer.Option(3, help="epochs with the pretrained base frozen"),
+    epochs: int = typer.Option(20, help="maximum fine-tuning epochs (early stopping may end sooner)"),
+    head_epochs: int = typer.Option(2, help="epochs with the pretrained base frozen"),
     input_size: int = typer.Option(224, help="square input size in pixels"),
-    weights: str = typer.Option(str(DEFAULT_WEIGHTS), help="MobileNet ImageNet .h5, or 'none'"),
+    backbone: str = typer.Option("lite0", help=f"one of {', '.join(BACKBONES)}"),
+    weights: str = typer.Option(IMAGENET, help=f"'{IMAGENET}' (the backbone's ImageNet file: "
+                                f"{DEFAULT_WEIGHTS} or {LITE0_WEIGHTS}), a path, or 'none'"),
     seed: int = typer.Option(42),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoints"),
     batch_size: int = typer.Option(32),
     cache_dir: Path = typer.Option(Path("runs/cache"), help="decoded-image cache folder"),
     threads: int = typer.Option(2, help="TensorFlow intra-op threads"),
     partial_labels: bool = typer.Option(True, help="train on ISIC 2017 melanoma-only labels"),
-    unfreeze_from: str = typer.Option("conv_dw_4", help="first MobileNet layer fine-tuned in phase 2"),
+    unfreeze_from: str | None = typer.Option(None, help="first base layer (name prefix) fine-tuned in "
+                                              f"phase 2; default {DEFAULT_UNFREEZE}"),
     patience: int = typer.Option(6, help="early-stopping patience (epochs)"),
     lr_head: float = typer.Option(1e-3, help="learning rate, frozen-base phase"),
-    lr_fine: float = typer.Option(1e-4, help="learning rate, fine-tuning phase"),
+    lr_fine: float = typer.Option(3e-4, help="learning rate, fine-tuning phase"),
+    lr_schedule: str = typer.Option("cosine", help="fine-tuning: 'plateau' (x0.3 when flat) or 'cosine'"),
     limit: int | None = typer.Option(None, help="smoke runs: a random subset of this many images"),
     parent_version: str | None = typer.Option(None),
     n_boot: int = typer.Option(1000, help="bootstrap resamples for confidence intervals"),
@@ -52,10 +59,12 @@ def train_command(
     from worker.training.train import TrainConfig, train
 
     cfg = TrainConfig(
-        data=tuple(data), out=out, input_size=input_size, weights=_weights(weights),
+        data=tuple(data), out=out, input_size=input_size, backbone=backbone,
+        weights=resolve_weights(weights, backbone),
         head_epochs=head_epochs, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
         cache_dir=cache_dir, threads=threads, partial_labels=partial_labels,
         unfreeze_from=unfreeze_from, patience=patience, lr_head=lr_head, lr_fine=lr_fine, limit=limit,
+        lr_schedule=lr_schedule,
         parent_version=parent_version, n_boot=n_boot, jit_compile="auto" if jit else False,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )

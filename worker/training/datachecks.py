@@ -6,7 +6,11 @@ Resolution rules (one row per distinct image survives):
    image id (the same image id in several sets at different sizes is one image).
 2. Label of a group:
    a. HAM10000 ``dx`` is histopathology-backed (or expert consensus with follow-up) and
-      wins over ``isic-9class`` folder labels for the same image;
+      wins over ``isic-9class`` folder labels for the same image -- except where the folder
+      label is a *refinement* of the HAM code: ``akiec`` covers actinic keratosis *and*
+      intraepithelial carcinoma (Bowen's disease, squamous cell carcinoma in situ), so an
+      image HAM calls ``akiec`` and every folder copy calls squamous_cell_carcinoma keeps
+      squamous_cell_carcinoma (both are ``soon`` classes: triage is the same either way);
    b. with no HAM verdict, a group whose ``isic-9class`` copies sit under different class
       folders is dropped (we cannot tell which folder is right) -- unless the image has an
       ISIC 2017 melanoma verdict and exactly one of the folder labels agrees with it on the
@@ -39,6 +43,9 @@ from worker.training.manifest import (
     ScanResult,
 )
 
+#: (HAM10000 class, folder class) pairs where the folder label is a finer diagnosis the HAM
+#: code includes (rule 2a): akiec = actinic keratosis + Bowen's disease (SCC in situ).
+HAM_REFINEMENTS = {("actinic_keratosis", "squamous_cell_carcinoma")}
 _SOURCE_PREFERENCE = {SOURCE_HAM: 0, SOURCE_ISIC2017: 1, SOURCE_NINE_CLASS: 2}
 
 
@@ -131,7 +138,10 @@ def check_and_resolve(scan: ScanResult) -> CheckResult:
                 continue
             label = ham["label"].iloc[0]
             folder_labels = sorted(set(nine["label"]))
-            if folder_labels and folder_labels != [label]:
+            if len(folder_labels) == 1 and (label, folder_labels[0]) in HAM_REFINEMENTS:
+                label = folder_labels[0]
+                decisions["ham_code_refined_by_folder"] += 1
+            elif folder_labels and folder_labels != [label]:
                 conflicts["ham_overrides_folder"].append(
                     {"image_ids": ids, "ham_dx": label, "folder_labels": folder_labels})
                 decisions["folder_label_overridden_by_ham"] += 1

@@ -24,7 +24,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from schemas.classes import CLASS_NAMES, DISPLAY_NAMES, MELANOMA, SOON_CLASSES
 from schemas.messages import TriageThresholds
 from schemas.states import TriageLevel
-from worker.classify.triage import decide
+from worker.classify.triage import class_call, decide
 from worker.training.figures import load_thumbnail, save_figure
 from worker.training.metrics import (
     N_BINS,
@@ -92,9 +92,10 @@ def evaluate_predictions(
     p_mel = probs[:, _MEL]
     p_soon = probs[:, _SOON].sum(axis=1)
     kp, kl = probs[known], labels[known]
-    k_pred = kp.argmax(axis=1)
+    pred = class_call(probs, thresholds.class_bias)
+    k_pred = pred[known]
 
-    nine = classification_metrics(kp, kl, CLASS_NAMES)
+    nine = classification_metrics(kp, kl, CLASS_NAMES, pred=k_pred)
     mel = melanoma_metrics(p_mel, melanoma, thresholds, seed=seed, n_boot=n_boot)
 
     soon_true = np.isin(kl, _SOON).astype(int)
@@ -124,7 +125,7 @@ def evaluate_predictions(
         triage_by_truth.setdefault(group, {lv.value: 0 for lv in TriageLevel})[level.value] += 1
     counts = Counter(lv.value for lv in levels)
 
-    wrong = _confidently_wrong(probs, labels, melanoma, thresholds, paths)
+    wrong = _confidently_wrong(probs, pred, labels, melanoma, thresholds, paths)
 
     metrics: dict = {
         "title": title,
@@ -149,7 +150,7 @@ def evaluate_predictions(
         "confidently_wrong": [{k: v for k, v in w.items() if k != "index"} for w in wrong],
     }
     if sources is not None:
-        metrics["per_source"] = _per_source(np.asarray(sources), labels, melanoma, probs)
+        metrics["per_source"] = _per_source(np.asarray(sources), labels, melanoma, probs, pred)
 
     _plot_confusion(np.array(nine["confusion_matrix"]), out_dir / CONFUSION_PNG)
     _plot_roc(probs, labels, melanoma, mel, out_dir / ROC_PNG)
@@ -189,7 +190,7 @@ def _jsonable(obj):
     return obj
 
 
-def _per_source(sources: np.ndarray, labels, melanoma, probs) -> dict:
+def _per_source(sources: np.ndarray, labels, melanoma, probs, pred) -> dict:
     out = {}
     for src in sorted(set(sources.tolist())):
         m = sources == src
@@ -197,7 +198,7 @@ def _per_source(sources: np.ndarray, labels, melanoma, probs) -> dict:
         known = m & (labels >= 0)
         auc = float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None
         bal = (
-            float(balanced_accuracy_score(labels[known], probs[known].argmax(axis=1)))
+            float(balanced_accuracy_score(labels[known], pred[known]))
             if known.any() else None
         )
         out[str(src)] = {
@@ -210,24 +211,24 @@ def _per_source(sources: np.ndarray, labels, melanoma, probs) -> dict:
     return out
 
 
-def _confidently_wrong(probs, labels, melanoma, thresholds, paths) -> list[dict]:
-    """Wrong rows, most confident first. Nine-class rows: argmax != label, confidence is the
+def _confidently_wrong(probs, pred, labels, melanoma, thresholds, paths) -> list[dict]:
+    """Wrong rows, most confident first. Nine-class rows: class call != label, confidence is the
     predicted class probability. Melanoma-only rows: wrong on the urgent decision, confidence
     is the probability put against the truth."""
     rows = []
     t = thresholds.urgent_melanoma
     for i in range(labels.shape[0]):
-        pred = int(probs[i].argmax())
+        call = int(pred[i])
         if labels[i] >= 0:
-            if pred == labels[i]:
+            if call == labels[i]:
                 continue
             rows.append({"index": i, "path": str(paths[i]), "true": DISPLAY_NAMES[CLASS_NAMES[labels[i]]],
-                         "predicted": DISPLAY_NAMES[CLASS_NAMES[pred]], "probability": float(probs[i, pred])})
+                         "predicted": DISPLAY_NAMES[CLASS_NAMES[call]], "probability": float(probs[i, call])})
             continue
         p = float(probs[i, _MEL])
         if melanoma[i] == 1 and p < t:
             rows.append({"index": i, "path": str(paths[i]), "true": DISPLAY_NAMES[MELANOMA],
-                         "predicted": DISPLAY_NAMES[CLASS_NAMES[pred]] if pred != _MEL else "Not urgent",
+                         "predicted": DISPLAY_NAMES[CLASS_NAMES[call]] if call != _MEL else "Not urgent",
                          "probability": 1.0 - p})
         elif melanoma[i] == 0 and p >= t:
             rows.append({"index": i, "path": str(paths[i]), "true": "Not melanoma",
@@ -485,7 +486,10 @@ def _write_pdf(metrics: dict, fig_dir: Path, path: Path) -> None:
     side.append(Paragraph(
         f"urgent (melanoma) {th['urgent_melanoma']:.3f}; soon (keratinocyte) "
         f"{th['soon_keratinocyte']:.3f}; minimum confidence {th['min_confidence']:.3f}. "
-        "Thresholds come from the model store; probabilities are the calibrated outputs.", cell))
+        "Thresholds come from the model store; probabilities are the calibrated outputs. "
+        + ("Class calls (per-class table, confusion matrix) are prior-corrected: argmax of "
+           "log p + the version's class bias." if th.get("class_bias") else
+           "Class calls are the most probable class."), cell))
 
     left_w = 3.7 * cm + 5 * 1.5 * cm
     top_row = Table([[[Paragraph("Per class (nine-class labelled images)", h2), class_table], side]],

@@ -187,8 +187,10 @@ def _auc_or_none(y_true: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(y, scores))
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Nine-class metrics of argmax predictions, plus one-vs-rest ROC AUC per class.
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                           pred: np.ndarray | None = None) -> dict:
+    """Nine-class metrics of the class calls ``pred`` (default: argmax of ``probs``), plus
+    one-vs-rest ROC AUC per class (from ``probs``).
 
     Macro averages are over classes present in ``labels`` (support > 0), and over classes
     with a defined AUC; a class absent from the evaluation set would otherwise drag the
@@ -202,7 +204,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: S
         raise ValueError(f"probs must be (n, {k}) matching labels; got {probs.shape}, {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= k):
         raise ValueError("labels must be class indices in [0, k)")
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else np.asarray(pred).astype(int).ravel()
+    if pred.shape != labels.shape:
+        raise ValueError("pred must have one class index per label")
     ks = list(range(k))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)

@@ -1,8 +1,12 @@
-"""The classifier network: MobileNet (alpha 0.25) body, a dropout + Dense(9) logits head.
+"""The classifier network: an ImageNet backbone, a dropout + Dense(9) logits head.
 
-Pixel scaling sits inside the model (``Rescaling(1/127.5, offset=-1)``), so the model file
-alone defines its input: float RGB 0..255 of ``(size, size, 3)``. The head outputs
-**logits**; calibrated probabilities are ``softmax(logits / T)`` at inference.
+Backbones: ``mobilenet`` (MobileNet alpha 0.25, Keras ImageNet ``.h5``) and ``lite0``
+(EfficientNet-Lite0, :mod:`worker.training.lite0`, weights converted to ``.npz``).
+Pixel scaling sits inside the model (a ``Rescaling`` layer with the backbone's own
+normalisation), so the model file alone defines its input: float RGB 0..255 of
+``(size, size, 3)``. The head outputs **logits**; calibrated probabilities are
+``softmax(logits / T)`` at inference. Only standard Keras layers: a saved model loads with
+plain ``keras.saving.load_model``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,25 @@ from schemas import CLASS_NAMES, MELANOMA
 
 #: ImageNet weights shipped in the shared folder (sha256 dbdb03ee...).
 DEFAULT_WEIGHTS = Path("../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
-BASE_NAME = "mobilenet_base"
+#: EfficientNet-Lite0 ImageNet weights, made by ``scripts/fetch_lite0_weights.sh``.
+LITE0_WEIGHTS = Path("runs/weights/efficientnet_lite0_imagenet.npz")
+BACKBONES = ("mobilenet", "lite0")
+#: Where phase 2 starts fine-tuning when the caller does not say (a layer-name prefix).
+DEFAULT_UNFREEZE = {"mobilenet": "conv_dw_4", "lite0": "block4a"}
+IMAGENET = "imagenet"
+#: Human-readable backbone names for model.json notes and the model card.
+BACKBONE_TITLES = {"mobilenet": "MobileNet alpha 0.25", "lite0": "EfficientNet-Lite0"}
+BASE_NAME = "backbone"
 MEL_INDEX = CLASS_NAMES.index(MELANOMA)
+
+
+def resolve_weights(weights: str | Path | None, backbone: str) -> Path | None:
+    """``"imagenet"``: the backbone's ImageNet file; ``None`` / ``"none"``: from scratch."""
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if str(weights) == IMAGENET:
+        return DEFAULT_WEIGHTS if backbone == "mobilenet" else LITE0_WEIGHTS
+    return Path(weights)
 
 
 def configure_threads(threads: int) -> None:
@@ -28,26 +49,38 @@ def configure_threads(threads: int) -> None:
         pass  # already initialised: keep what was set first
 
 
-def build_network(input_size: int, weights: str | Path | None, dropout: float = 0.3, alpha: float = 0.25):
+def build_network(input_size: int, weights: str | Path | None, dropout: float = 0.3,
+                  backbone: str = "lite0"):
     """A Keras model: uint8-range float RGB in, 9 logits out. ``weights`` None: from scratch."""
     import keras
 
-    base = keras.applications.MobileNet(
-        input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False,
-        weights=str(weights) if weights is not None else None,
-    )
+    shape = (input_size, input_size, 3)
+    if backbone == "mobilenet":
+        base = keras.applications.MobileNet(input_shape=shape, alpha=0.25, include_top=False,
+                                            weights=str(weights) if weights is not None else None)
+        scale, offset = 1.0 / 127.5, -1.0
+    elif backbone == "lite0":
+        from worker.training import lite0
+
+        base = lite0.build_lite0(shape)
+        if weights is not None:
+            lite0.load_lite0_weights(base, weights)
+        scale, offset = 1.0 / lite0.INPUT_STD, -lite0.INPUT_MEAN / lite0.INPUT_STD
+    else:
+        raise ValueError(f"backbone must be one of {BACKBONES}, not {backbone!r}")
     base.name = BASE_NAME
-    inputs = keras.Input((input_size, input_size, 3), name="rgb")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
+    inputs = keras.Input(shape, name="rgb")
+    x = keras.layers.Rescaling(scale, offset=offset, name="scale")(inputs)
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(len(CLASS_NAMES), name="logits")(x)
-    return keras.Model(inputs, logits, name="melanoma_triage_mobilenet")
+    return keras.Model(inputs, logits, name=f"melanoma_triage_{backbone}")
 
 
 def set_trainable(model, phase: int, unfreeze_from: str = "conv_dw_4") -> None:
-    """Phase 1: the base frozen. Phase 2: the base from ``unfreeze_from`` on, BatchNorm frozen.
+    """Phase 1: the base frozen. Phase 2: the base from the first layer whose name starts with
+    ``unfreeze_from`` (``conv_dw_6``, ``block5a``) on, BatchNorm frozen.
 
     Frozen BatchNorm layers run in inference mode (Keras 3), which keeps ImageNet statistics
     stable on a small data set and makes fine-tuning ~5x cheaper on CPU (measured).
@@ -60,7 +93,9 @@ def set_trainable(model, phase: int, unfreeze_from: str = "conv_dw_4") -> None:
         return
     base.trainable = True
     names = [layer.name for layer in base.layers]
-    start = names.index(unfreeze_from) if unfreeze_from in names else 0
+    start = next((i for i, name in enumerate(names) if name.startswith(unfreeze_from)), None)
+    if start is None:
+        raise ValueError(f"no layer of {BASE_NAME} starts with {unfreeze_from!r}")
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
 

@@ -39,9 +39,10 @@ class TrainConfig:
     data: tuple[Path, ...]
     out: Path
     input_size: int = 224
-    weights: Path | None = network.DEFAULT_WEIGHTS
-    head_epochs: int = 3
-    epochs: int = 30  # maximum fine-tuning epochs (early stopping usually ends sooner)
+    backbone: str = "lite0"
+    weights: Path | str | None = network.IMAGENET  # "imagenet": the backbone's file; None: scratch
+    head_epochs: int = 2
+    epochs: int = 20  # maximum fine-tuning epochs (early stopping may end sooner)
     batch_size: int = 32
     seed: int = 42
     resume: bool = False
@@ -49,8 +50,9 @@ class TrainConfig:
     threads: int = 2
     patience: int = 6
     lr_head: float = 1e-3
-    lr_fine: float = 1e-4
-    unfreeze_from: str = "conv_dw_4"
+    lr_fine: float = 3e-4
+    unfreeze_from: str | None = None  # layer-name prefix; None: network.DEFAULT_UNFREEZE
+    lr_schedule: str = "cosine"  # phase 2: "plateau" (x0.3 after 2 flat epochs) or "cosine"
     partial_labels: bool = True
     limit: int | None = None  # smoke runs: a random subset of this many images
     parent_version: str | None = None
@@ -97,6 +99,12 @@ class _EpochState:
         return EpochState()
 
 
+def cosine_lr(peak: float, epoch: int, epochs: int, floor: float = 0.02) -> float:
+    """Half-cosine from ``peak`` (epoch 0) towards ``floor * peak`` (after the last epoch)."""
+    frac = min(max(epoch, 0), epochs) / max(epochs, 1)
+    return float(peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))))
+
+
 def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
     """Phase 1 (frozen base) then phase 2 (fine-tuning); resumable from ``checkpoints/``."""
     import keras
@@ -116,7 +124,7 @@ def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
     for phase, end_epoch, lr in phases:
         if state["phase"] > phase:
             continue  # finished before the interruption
-        network.set_trainable(model, phase, cfg.unfreeze_from)
+        network.set_trainable(model, phase, cfg.unfreeze_from or network.DEFAULT_UNFREEZE[cfg.backbone])
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=network.partial_label_loss,
                       metrics=[network.melanoma_auc_metric(), network.allowed_accuracy_metric()],
                       jit_compile=cfg.jit_compile)
@@ -129,12 +137,20 @@ def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
             keras.callbacks.CSVLogger(ckpt / LOG_FILE, append=True),
         ]
         if phase == 2:
-            callbacks += [
-                keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=False),
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6),
-            ]
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                           restore_best_weights=False))
+            if cfg.lr_schedule == "cosine":
+                # per epoch, from the absolute epoch index: a resumed run continues the same curve
+                callbacks.append(keras.callbacks.LearningRateScheduler(
+                    lambda epoch, _lr: cosine_lr(cfg.lr_fine, epoch - cfg.head_epochs, cfg.epochs)))
+            elif cfg.lr_schedule == "plateau":
+                callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                                   patience=2, min_lr=1e-6))
+            else:
+                raise ValueError(f"lr_schedule must be 'plateau' or 'cosine', not {cfg.lr_schedule!r}")
         if initial < end_epoch:
-            _say(f"phase {phase}: epochs {initial + 1}..{end_epoch}, lr {lr:g}")
+            _say(f"phase {phase}: epochs {initial + 1}..{end_epoch}, lr {lr:g}"
+                 f"{' (cosine)' if phase == 2 and cfg.lr_schedule == 'cosine' else ''}")
             model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=initial,
                       callbacks=callbacks, verbose=verbose)
         if (ckpt / BEST_WEIGHTS).is_file():
@@ -166,7 +182,7 @@ def summarize(metrics: dict) -> dict:
 
 def save_clean_model(cfg: TrainConfig, model, path: Path) -> None:
     """An uncompiled copy (no optimizer state, no custom loss): loads with plain Keras."""
-    clean = network.build_network(cfg.input_size, weights=None)
+    clean = network.build_network(cfg.input_size, weights=None, backbone=cfg.backbone)
     clean.set_weights(model.get_weights())
     clean.save(path)
 
@@ -196,7 +212,8 @@ def train(cfg: TrainConfig) -> ModelMetadata:
     train_ds = dataset.make_dataset(images[tr], masks[tr], weights, cfg.batch_size, True, cfg.seed)
     val_ds = dataset.make_dataset(images[va], masks[va], None, 64, False)
 
-    model = network.build_network(cfg.input_size, cfg.weights)
+    weights = network.resolve_weights(cfg.weights, cfg.backbone)
+    model = network.build_network(cfg.input_size, weights, backbone=cfg.backbone)
     fit(cfg, model, train_ds, val_ds)
     train_seconds = time.time() - t0
 
@@ -238,8 +255,8 @@ def train(cfg: TrainConfig) -> ModelMetadata:
             "split_counts": {k: int(v) for k, v in counts.items()},
             "train_seconds": round(train_seconds, 1)},
         training_command=cfg.command, data_manifest_sha256=man_hash,
-        notes=(f"MobileNet alpha=0.25 @ {cfg.input_size}px, weights "
-               f"{'ImageNet' if cfg.weights else 'none (from scratch)'}, partial-label loss "
+        notes=(f"{network.BACKBONE_TITLES[cfg.backbone]} @ {cfg.input_size}px, weights "
+               f"{'ImageNet' if weights else 'none (from scratch)'}, partial-label loss "
                f"{'on' if cfg.partial_labels else 'off'}, seed {cfg.seed}"),
     )
     (cfg.out / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
@@ -253,6 +270,7 @@ def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarr
     """Per-source headline metrics with percentile-bootstrap 95% CIs (evaluation helper's bootstrap)."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+    from worker.classify.triage import class_call
     from worker.training.metrics import (
         binary_sens_spec,
         bootstrap_ci,
@@ -273,7 +291,7 @@ def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarr
         kl, kp = labels[m][known], probs[m][known]
         t = thresholds.urgent_melanoma
         auc = lambda yy, pp: roc_auc_score(yy, pp) if 0 < yy.sum() < yy.size else None
-        bal = lambda ll, pp: balanced_accuracy_score(ll, pp.argmax(axis=1)) if ll.size else None
+        bal = lambda ll, pp: balanced_accuracy_score(ll, class_call(pp, thresholds.class_bias)) if ll.size else None
         out[name] = {
             "n": int(m.sum()), "n_melanoma": int(y.sum()), "n_nine_class": int(known.sum()),
             "melanoma_auc": ci(bootstrap_ci(auc, y, p, n_boot=n_boot, seed=seed)),
@@ -286,30 +304,6 @@ def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarr
             "ece": expected_calibration_error(kp, kl) if kl.size else None,
         }
     return out
-
-
-def finalize_version(version_dir: Path, data: list[Path], cache_dir: Path = Path("runs/cache"),
-                     n_boot: int = 1000, seed: int = 42) -> dict:
-    """Recompute the per-source table of a trained version from its model and split.csv and
-    re-render model_card.md; model.keras (and so the version name) is untouched."""
-    import keras
-
-    d = Path(version_dir)
-    meta = ModelMetadata.model_validate_json((d / METADATA_FILE).read_text())
-    df = datachecks.check_and_resolve(manifest.scan(list(data))).resolved
-    sp = pd.read_csv(d / "split.csv")
-    df = df.merge(sp[["sha256", "subset"]], on="sha256", how="inner")
-    te = df[df["subset"] == "test"].reset_index(drop=True)
-    images = dataset.build_cache(te, meta.input_size, cache_dir)
-    model = keras.saving.load_model(d / MODEL_FILE, compile=False)
-    probs = calibration.softmax_t(predict_logits(model, images), meta.temperature)
-    by_source = per_source_metrics(probs, dataset.label_indices(te), te["melanoma"].to_numpy().astype(int),
-                                   te["source"].tolist(), meta.thresholds, seed, n_boot)
-    (d / "metrics_by_source.json").write_text(json.dumps(by_source, indent=1))
-    meta.metrics["test_by_source"] = by_source
-    (d / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
-    rewrite_model_card(d)
-    return by_source
 
 
 #: Release targets on the held-out test split (see model_card.md).
@@ -361,6 +355,17 @@ def _source_rows(meta: ModelMetadata, metrics: dict) -> list[str]:
             f"{_ci(d.get('balanced_accuracy'))} |" for s, d in by_source.items()] + rows
 
 
+def _class_call_line(calib: dict) -> str:
+    call = calib.get("class_call") or {}
+    scores = call.get("balanced_accuracy_by_beta") or {}
+    if not call.get("class_bias"):
+        return "- class call (`predicted_class`): the most probable class"
+    beta = call["beta"]
+    return (f"- class call (`predicted_class`, not triage): argmax of log p + class bias, prior "
+            f"correction beta {beta} (validation balanced accuracy {_fmt(scores.get('0.0', scores.get(0.0)))} "
+            f"with plain argmax -> {_fmt(scores.get(str(beta), scores.get(beta)))})")
+
+
 def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: dict) -> str:
     final = report["final"]
     th = meta.thresholds
@@ -396,7 +401,8 @@ def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: d
         f"- soon: P(BCC)+P(SCC)+P(AK) >= {th.soon_keratinocyte:.4f} (validation sensitivity "
         f"{_fmt(th.soon_sensitivity)}, specificity {_fmt(th.soon_specificity)})",
         f"- indeterminate: top probability < {th.min_confidence:.4f} (validation share "
-        f"{_fmt(calib.get('indeterminate_share_validation'))}) or an unusable image", "",
+        f"{_fmt(calib.get('indeterminate_share_validation'))}) or an unusable image",
+        _class_call_line(calib), "",
         f"## Performance on the held-out test split ({metrics.get('n')} images, "
         f"{metrics.get('n_nine_class')} with nine-class labels)", "",
     ] + _target_rows(metrics) + [
@@ -423,7 +429,7 @@ def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: d
         "lesions are triaged urgent. That is the stated safety trade-off, not an error.",
         "- Data come from public archives (HAM10000 Vienna/Queensland, ISIC); performance on other "
         "dermatoscopes, skin types and populations is unknown; the images are mostly of light skin.",
-        "- A small network (MobileNet alpha 0.25) trained on 2 shared CPU cores in about an hour; "
+        f"- A small network ({meta.notes or 'see model.json'}) trained on 2 CPU cores in about an hour; "
         "targets that are not met are marked **no** above.",
         "",
     ]
