@@ -139,5 +139,10 @@ def test_class_calls_follow_the_versions_class_bias(tmp_path):
     assert not np.array_equal(calls, probs[known].argmax(axis=1))
     assert m["nine_class"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels[known], calls))
     assert m["balanced_accuracy"]["value"] == pytest.approx(m["nine_class"]["balanced_accuracy"])
+    effect = m["class_call"]
+    assert effect["rule"].startswith("prior-corrected")
+    assert effect["balanced_accuracy"] == pytest.approx(m["nine_class"]["balanced_accuracy"])
+    assert effect["accuracy_argmax"] == pytest.approx(np.mean(probs[known].argmax(axis=1) == labels[known]))
+    assert effect["accuracy"] == pytest.approx(np.mean(calls == labels[known]))
     col = np.array(m["nine_class"]["confusion_matrix"]).sum(axis=0)
     assert col[CLASS_NAMES.index("dermatofibroma")] == (calls == CLASS_NAMES.index("dermatofibroma")).sum()

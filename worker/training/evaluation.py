@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +143,7 @@ def evaluate_predictions(
         "melanoma": mel,
         "soon": soon,
         "balanced_accuracy": bal,
+        "class_call": _class_call_effect(kp, kl, k_pred, thresholds),
         "ece": {**ece, "n_bins": N_BINS},
         "reliability_bins": reliability_bins(kp, kl) if kl.size else [],
         "nine_class": nine,
@@ -188,6 +190,22 @@ def _jsonable(obj):
     if isinstance(obj, (float, np.floating)):
         return _finite(obj)
     return obj
+
+
+def _class_call_effect(kp, kl, k_pred, thresholds: TriageThresholds) -> dict:
+    """Balanced accuracy and accuracy of the version's class calls next to plain argmax."""
+    if not kl.size:
+        return {}
+    argmax = kp.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a call of a class absent from the labels
+        return {
+            "rule": "prior-corrected (class_bias)" if thresholds.class_bias else "argmax",
+            "balanced_accuracy": float(balanced_accuracy_score(kl, k_pred)),
+            "accuracy": float(np.mean(k_pred == kl)),
+            "balanced_accuracy_argmax": float(balanced_accuracy_score(kl, argmax)),
+            "accuracy_argmax": float(np.mean(argmax == kl)),
+        }
 
 
 def _per_source(sources: np.ndarray, labels, melanoma, probs, pred) -> dict:

@@ -355,15 +355,18 @@ def _source_rows(meta: ModelMetadata, metrics: dict) -> list[str]:
             f"{_ci(d.get('balanced_accuracy'))} |" for s, d in by_source.items()] + rows
 
 
-def _class_call_line(calib: dict) -> str:
+def _class_call_line(calib: dict, metrics: dict) -> str:
     call = calib.get("class_call") or {}
     scores = call.get("balanced_accuracy_by_beta") or {}
     if not call.get("class_bias"):
         return "- class call (`predicted_class`): the most probable class"
     beta = call["beta"]
+    test = metrics.get("class_call") or {}
     return (f"- class call (`predicted_class`, not triage): argmax of log p + class bias, prior "
-            f"correction beta {beta} (validation balanced accuracy {_fmt(scores.get('0.0', scores.get(0.0)))} "
-            f"with plain argmax -> {_fmt(scores.get(str(beta), scores.get(beta)))})")
+            f"correction beta {beta}; balanced accuracy with plain argmax -> with the bias: validation "
+            f"{_fmt(scores.get('0.0', scores.get(0.0)))} -> {_fmt(scores.get(str(beta), scores.get(beta)))}, "
+            f"test {_fmt(test.get('balanced_accuracy_argmax'))} -> {_fmt(test.get('balanced_accuracy'))} "
+            f"(test accuracy {_fmt(test.get('accuracy_argmax'))} -> {_fmt(test.get('accuracy'))})")
 
 
 def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: dict) -> str:
@@ -402,7 +405,7 @@ def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: d
         f"{_fmt(th.soon_sensitivity)}, specificity {_fmt(th.soon_specificity)})",
         f"- indeterminate: top probability < {th.min_confidence:.4f} (validation share "
         f"{_fmt(calib.get('indeterminate_share_validation'))}) or an unusable image",
-        _class_call_line(calib), "",
+        _class_call_line(calib, metrics), "",
         f"## Performance on the held-out test split ({metrics.get('n')} images, "
         f"{metrics.get('n_nine_class')} with nine-class labels)", "",
     ] + _target_rows(metrics) + [
