@@ -275,3 +275,18 @@ def test_falls_back_to_bundled_vera_without_dejavu() -> None:
     )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_reason_prints_small_thresholds_with_a_decimal():
+    from worker.classify.triage import decide, explain
+
+    t = TriageThresholds(urgent_melanoma=0.0146, soon_keratinocyte=0.2178, min_confidence=0.55)
+    probs = dict.fromkeys(CLASS_NAMES, 0.0)
+    probs.update(melanoma=0.012, nevus=0.95, basal_cell_carcinoma=0.038)
+    level = decide(probs, t)
+    # 1.2 % against 1.5 %: rounded to whole percent both would read "1 %"
+    assert explain(probs, t, level) == ("Melanoma probability 1.2 % and keratinocyte-lesion probability "
+                                        "3.8 % are below their thresholds (1.5 %, 21.8 %).")
+    probs.update(melanoma=0.02, nevus=0.93)
+    assert explain(probs, t, decide(probs, t)) == ("Melanoma probability 2.0 % is at or above this "
+                                                   "model's urgent threshold (1.5 %).")

@@ -11,6 +11,14 @@ import numpy as np
 from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel, TriageThresholds
 
 
+def percent(p: float) -> str:
+    """A probability or threshold as the report prints it: one decimal, so that a threshold
+    of 1.5 % is not shown as "1 %" or "2 %" next to a probability on the other side of it."""
+    if p < 0.001:
+        return "<0.1 %"
+    return f"{100 * p:.1f} %"
+
+
 def class_call(probs: np.ndarray, class_bias: Sequence[float] | None) -> np.ndarray:
     """Index of the named class per row of ``probs`` (n, 9) -- or one index for a 1-D row.
 
@@ -62,14 +70,14 @@ def explain(
     if level is TriageLevel.INDETERMINATE and quality_reason:
         return f"The image is not usable for automated triage: {quality_reason}."
     if level is TriageLevel.URGENT:
-        return (f"Melanoma probability {mel:.0%} is at or above this model's urgent threshold "
-                f"({thresholds.urgent_melanoma:.0%}).")
+        return (f"Melanoma probability {percent(mel)} is at or above this model's urgent threshold "
+                f"({percent(thresholds.urgent_melanoma)}).")
     if level is TriageLevel.SOON:
         return (f"Combined probability of basal cell carcinoma, squamous cell carcinoma and actinic "
-                f"keratosis {soon:.0%} is at or above the threshold ({thresholds.soon_keratinocyte:.0%}).")
+                f"keratosis {percent(soon)} is at or above the threshold ({percent(thresholds.soon_keratinocyte)}).")
     top = max(probabilities.values())
     if level is TriageLevel.INDETERMINATE:
-        return (f"No class is confident: the highest probability is {top:.0%}, below "
-                f"{thresholds.min_confidence:.0%}.")
-    return (f"Melanoma probability {mel:.0%} and keratinocyte-lesion probability {soon:.0%} are below "
-            f"their thresholds ({thresholds.urgent_melanoma:.0%}, {thresholds.soon_keratinocyte:.0%}).")
+        return (f"No class is confident: the highest probability is {percent(top)}, below "
+                f"{percent(thresholds.min_confidence)}.")
+    return (f"Melanoma probability {percent(mel)} and keratinocyte-lesion probability {percent(soon)} are below "
+            f"their thresholds ({percent(thresholds.urgent_melanoma)}, {percent(thresholds.soon_keratinocyte)}).")

@@ -36,6 +36,7 @@ from reportlab.platypus import (
 import reportlab
 from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel
 from schemas.classes import DISPLAY_NAMES
+from worker.classify.triage import percent
 
 if TYPE_CHECKING:
     from worker.report.pdf import ReportContent
@@ -160,12 +161,6 @@ def format_person_name(pn: str | None) -> str | None:
 
 def _utc(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _pct(p: float) -> str:
-    if p < 0.001:
-        return "<0.1 %"
-    return f"{100 * p:.1f} %"
 
 
 # ---------------------------------------------------------------- blocks
@@ -355,7 +350,7 @@ def probability_chart(c: ReportContent, width: float = CONTENT_W) -> Drawing:
                 Rect(plot_x0, y, max(plot_w * p, 0.6), bar_h,
                      fillColor=BAR_MELANOMA if is_mel else BAR, strokeColor=None)
             )
-        d.add(String(plot_x0 + plot_w * p + 4, y + 2.8, _pct(p), fontName=font, fontSize=8, fillColor=INK))
+        d.add(String(plot_x0 + plot_w * p + 4, y + 2.8, percent(p), fontName=font, fontSize=8, fillColor=INK))
         if is_mel:
             tx = plot_x0 + plot_w * c.thresholds.urgent_melanoma
             d.add(Line(tx, y - 3, tx, y + bar_h + 3, strokeColor=INK, strokeWidth=1.2, strokeDashArray=[2, 1.5]))
@@ -366,8 +361,8 @@ def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     soon_sum = sum(float(c.probabilities[k]) for k in SOON_CLASSES)
     note = (
         f"Melanoma highlighted in red; the dashed mark on its bar is the urgent threshold "
-        f"({_pct(c.thresholds.urgent_melanoma)}). * Classes summed for the \u201csoon\u201d rule: "
-        f"combined {_pct(soon_sum)} (threshold {_pct(c.thresholds.soon_keratinocyte)}). "
+        f"({percent(c.thresholds.urgent_melanoma)}). * Classes summed for the \u201csoon\u201d rule: "
+        f"combined {percent(soon_sum)} (threshold {percent(c.thresholds.soon_keratinocyte)}). "
         f"Fixed class order; probabilities are calibrated model outputs, not prevalence-adjusted risks."
     )
     return [
@@ -390,10 +385,10 @@ def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Table:
 
     lines = [
         f"<b>Model version:</b> {_text(c.model_version)}",
-        f"<b>Thresholds of this model version:</b> urgent if melanoma \u2265 {_pct(th.urgent_melanoma)}"
+        f"<b>Thresholds of this model version:</b> urgent if melanoma \u2265 {percent(th.urgent_melanoma)}"
         f"{perf(th.urgent_sensitivity, th.urgent_specificity)}; soon if BCC + SCC + actinic keratosis \u2265 "
-        f"{_pct(th.soon_keratinocyte)}{perf(th.soon_sensitivity, th.soon_specificity)}; "
-        f"indeterminate if the highest class probability &lt; {_pct(th.min_confidence)}.",
+        f"{percent(th.soon_keratinocyte)}{perf(th.soon_sensitivity, th.soon_specificity)}; "
+        f"indeterminate if the highest class probability &lt; {percent(th.min_confidence)}.",
         f"<b>Image SHA-256:</b> {_text(c.image_sha256)}",
     ]
     t = Table([[Paragraph(line, st["small_ink"])] for line in lines], colWidths=[CONTENT_W])
