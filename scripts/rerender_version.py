@@ -23,8 +23,7 @@ import pandas as pd  # noqa: E402
 from schemas import ModelMetadata  # noqa: E402
 from worker.model_store import METADATA_FILE, MODEL_FILE  # noqa: E402
 from worker.training import calibration, datachecks, dataset, manifest, network  # noqa: E402
-from worker.training.evaluation import evaluate_predictions  # noqa: E402
-from worker.training.train import predict_logits, rewrite_model_card  # noqa: E402
+from worker.training.train import evaluate_test_split, predict_logits, rewrite_model_card  # noqa: E402
 
 
 def main() -> None:
@@ -45,10 +44,8 @@ def main() -> None:
     te = df[df["subset"] == "test"].reset_index(drop=True)
     model = keras.saving.load_model(d / MODEL_FILE, compile=False)
     logits = predict_logits(model, dataset.build_cache(te, meta.input_size, args.cache_dir))
-    metrics = evaluate_predictions(
-        calibration.softmax_t(logits, meta.temperature), dataset.label_indices(te),
-        te["melanoma"].to_numpy().astype(int), meta.thresholds, te["path"].tolist(), d,
-        title=f"Test split ({len(te)} images)", seed=args.seed, sources=te["source"].tolist())
+    metrics = evaluate_test_split(d, calibration.softmax_t(logits, meta.temperature), te, meta.thresholds,
+                                  args.seed)
     rewrite_model_card(d)
     print(f"{d}: melanoma AUC {metrics['melanoma']['auc']['value']:.4f}, "
           f"balanced accuracy {metrics['balanced_accuracy']['value']:.4f}")

@@ -91,6 +91,9 @@ def test_calibrate_improves_nll_of_overconfident_logits():
     rec = calibration.calibrate(over, masks, labels, (labels == MEL).astype(int))
     assert rec["temperature"] == pytest.approx(3.0, rel=0.1)
     assert rec["nll_after"] < rec["nll_before"] and rec["ece_after"] < rec["ece_before"]
+    # the recorded class call is the one stored with the thresholds
+    assert rec["thresholds"]["class_bias"] == rec["class_call"]["class_bias"]
+    assert set(rec["class_call"]["balanced_accuracy_by_beta"]) == {str(float(b)) for b in calibration.BETA_GRID}
 
 
 def test_class_call_applies_the_bias_by_hand():
@@ -118,10 +121,10 @@ def test_class_bias_names_a_rare_class_that_argmax_never_calls():
     rows = [[0.9, 0.1]] * 90 + [[0.6, 0.4]] * 10
     probs, labels = np.array(rows), np.array([0] * 90 + [1] * 10)
     bias, beta, scores = calibration.fit_class_bias(probs, labels)
-    assert scores[0.0] == pytest.approx(0.5)
+    assert scores["0.0"] == pytest.approx(0.5)
     # prior = (.87, .13); the rare row wins when beta*log(.87/.13) > log(.6/.4)=0.405 and the
     # majority rows stay when beta*1.90 < log(.9/.1)=2.197: beta in (0.213, 1.156); smallest grid point 0.25
-    assert beta == 0.25 and scores[0.25] == pytest.approx(1.0)
+    assert beta == 0.25 and scores["0.25"] == pytest.approx(1.0)
     assert bias == pytest.approx([-0.25 * np.log(0.87), -0.25 * np.log(0.13)])
 
 

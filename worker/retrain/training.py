@@ -38,14 +38,11 @@ def train_product(req: TrainRequest) -> ModelMetadata:
     No warm start: TrainConfig starts from ImageNet weights (or none), which keeps every
     version reproducible from its data manifest and command.
     """
-    from worker.training.network import resolve_weights
     from worker.training.train import TrainConfig, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out", "command",
                                                                  "parent_version", "cache_dir"}
     opts = {k: v for k, v in req.options.items() if k in names}
-    if "weights" in opts:
-        opts["weights"] = resolve_weights(opts["weights"], opts.get("backbone", TrainConfig.backbone))
     cfg = TrainConfig(data=req.data, out=req.out, command=req.command,
                       parent_version=req.parent_version, cache_dir=req.cache_dir, **opts)
     return train(cfg)

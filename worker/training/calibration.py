@@ -96,7 +96,8 @@ def min_confidence_threshold(probs: np.ndarray, labels: np.ndarray, cap: float =
 
 
 def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[list[float] | None, float, dict]:
-    """(class_bias, beta, validation balanced accuracy per beta); None when beta is 0."""
+    """(class_bias, beta, validation balanced accuracy per beta keyed ``str(beta)``, as in
+    calibration.json); class_bias None when beta is 0."""
     from sklearn.metrics import balanced_accuracy_score
 
     known = labels >= 0
@@ -109,13 +110,14 @@ def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[list[float] |
         warnings.simplefilter("ignore", UserWarning)  # a call of a class absent from labels
         for beta in BETA_GRID:
             pred = (log_p - beta * log_prior).argmax(axis=1)
-            scores[float(beta)] = float(balanced_accuracy_score(labels[known], pred))
-    best = max(scores, key=lambda b: (round(scores[b], 6), -b))
+            scores[str(float(beta))] = float(balanced_accuracy_score(labels[known], pred))
+    best = float(max(scores, key=lambda b: (round(scores[b], 6), -float(b))))
     bias = None if best == 0 else [float(v) for v in -best * log_prior]
     return bias, best, scores
 
 
-def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray) -> TriageThresholds:
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
+                      class_bias: list[float] | None = None) -> TriageThresholds:
     p_mel = probs[:, MEL]
     urgent = sensitivity_threshold(melanoma, p_mel, URGENT_SENSITIVITY)
     u_sens, u_spec = binary_sens_spec(melanoma, p_mel, urgent)
@@ -124,7 +126,6 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarra
     p_soon = probs[known][:, SOON].sum(axis=1)
     soon = sensitivity_threshold(soon_true, p_soon, SOON_SENSITIVITY)
     s_sens, s_spec = binary_sens_spec(soon_true, p_soon, soon)
-    class_bias, _, _ = fit_class_bias(probs, labels)
     return TriageThresholds(
         urgent_melanoma=urgent, soon_keratinocyte=soon,
         min_confidence=min_confidence_threshold(probs, labels),
@@ -138,7 +139,8 @@ def calibrate(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, melanom
     t = fit_temperature(logits, masks)
     probs_raw = softmax_t(logits, 1.0)
     probs = softmax_t(logits, t)
-    thresholds = choose_thresholds(probs, labels, melanoma)
+    class_bias, beta, beta_scores = fit_class_bias(probs, labels)
+    thresholds = choose_thresholds(probs, labels, melanoma, class_bias)
     known = labels >= 0
     conf = probs[known].max(axis=1) if known.any() else np.array([])
     return {
@@ -150,8 +152,7 @@ def calibrate(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, melanom
         "nll_after": partial_nll(logits, masks, t),
         "ece_before": expected_calibration_error(probs_raw[known], labels[known]),
         "ece_after": expected_calibration_error(probs[known], labels[known]),
-        "class_call": dict(zip(("class_bias", "beta", "balanced_accuracy_by_beta"),
-                               fit_class_bias(probs, labels))),
+        "class_call": {"class_bias": class_bias, "beta": beta, "balanced_accuracy_by_beta": beta_scores},
         "indeterminate_share_validation": float((conf < thresholds.min_confidence).mean()) if conf.size else 0.0,
         "thresholds": thresholds.model_dump(),
         "rules": __doc__.strip(),

@@ -17,7 +17,6 @@ from worker.training.network import (
     DEFAULT_WEIGHTS,
     IMAGENET,
     LITE0_WEIGHTS,
-    resolve_weights,
 )
 
 data_app = typer.Typer(help="Inspect and check training data.", pretty_exceptions_show_locals=False)
@@ -60,7 +59,7 @@ def train_command(
 
     cfg = TrainConfig(
         data=tuple(data), out=out, input_size=input_size, backbone=backbone,
-        weights=resolve_weights(weights, backbone),
+        weights=weights,
         head_epochs=head_epochs, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
         cache_dir=cache_dir, threads=threads, partial_labels=partial_labels,
         unfreeze_from=unfreeze_from, patience=patience, lr_head=lr_head, lr_fine=lr_fine, limit=limit,

@@ -143,7 +143,7 @@ def evaluate_predictions(
         "melanoma": mel,
         "soon": soon,
         "balanced_accuracy": bal,
-        "class_call": _class_call_effect(kp, kl, k_pred, thresholds),
+        "class_call": _class_call_effect(kp, kl, nine, thresholds),
         "ece": {**ece, "n_bins": N_BINS},
         "reliability_bins": reliability_bins(kp, kl) if kl.size else [],
         "nine_class": nine,
@@ -192,20 +192,21 @@ def _jsonable(obj):
     return obj
 
 
-def _class_call_effect(kp, kl, k_pred, thresholds: TriageThresholds) -> dict:
-    """Balanced accuracy and accuracy of the version's class calls next to plain argmax."""
+def _class_call_effect(kp, kl, nine: dict, thresholds: TriageThresholds) -> dict:
+    """Balanced accuracy and accuracy of the version's class calls (``nine``) next to plain argmax."""
     if not kl.size:
         return {}
     argmax = kp.argmax(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a call of a class absent from the labels
-        return {
-            "rule": "prior-corrected (class_bias)" if thresholds.class_bias else "argmax",
-            "balanced_accuracy": float(balanced_accuracy_score(kl, k_pred)),
-            "accuracy": float(np.mean(k_pred == kl)),
-            "balanced_accuracy_argmax": float(balanced_accuracy_score(kl, argmax)),
-            "accuracy_argmax": float(np.mean(argmax == kl)),
-        }
+        ba_argmax = float(balanced_accuracy_score(kl, argmax))
+    return {
+        "rule": "prior-corrected (class_bias)" if thresholds.class_bias else "argmax",
+        "balanced_accuracy": nine["balanced_accuracy"],
+        "accuracy": nine["accuracy"],
+        "balanced_accuracy_argmax": ba_argmax,
+        "accuracy_argmax": float(np.mean(argmax == kl)),
+    }
 
 
 def _per_source(sources: np.ndarray, labels, melanoma, probs, pred) -> dict:

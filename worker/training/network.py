@@ -78,7 +78,7 @@ def build_network(input_size: int, weights: str | Path | None, dropout: float = 
     return keras.Model(inputs, logits, name=f"melanoma_triage_{backbone}")
 
 
-def set_trainable(model, phase: int, unfreeze_from: str = "conv_dw_4") -> None:
+def set_trainable(model, phase: int, unfreeze_from: str) -> None:
     """Phase 1: the base frozen. Phase 2: the base from the first layer whose name starts with
     ``unfreeze_from`` (``conv_dw_6``, ``block5a``) on, BatchNorm frozen.
 

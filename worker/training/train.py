@@ -159,6 +159,18 @@ def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
         (ckpt / STATE_FILE).write_text(json.dumps(state))
 
 
+def evaluate_test_split(out: Path, probs: np.ndarray, test_df: pd.DataFrame, thresholds: TriageThresholds,
+                        seed: int, n_boot: int = 1000) -> dict:
+    """The test-split evaluation a version folder carries (metrics.json, figures, PDF)."""
+    from worker.training.evaluation import evaluate_predictions
+
+    return evaluate_predictions(
+        probs, dataset.label_indices(test_df), test_df["melanoma"].to_numpy().astype(int), thresholds,
+        test_df["path"].tolist(), out, title=f"Test split ({len(test_df)} images)", seed=seed,
+        sources=test_df["source"].tolist(), n_boot=n_boot,
+    )
+
+
 def predict_logits(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     import tensorflow as tf
 
@@ -208,12 +220,12 @@ def train(cfg: TrainConfig) -> ModelMetadata:
     tr, va, te = (sub == "train"), (sub == "val"), (sub == "test")
     if not cfg.partial_labels:
         tr = tr & (labels >= 0)
-    weights = dataset.sample_weights(masks[tr])
-    train_ds = dataset.make_dataset(images[tr], masks[tr], weights, cfg.batch_size, True, cfg.seed)
+    sample_weights = dataset.sample_weights(masks[tr])
+    train_ds = dataset.make_dataset(images[tr], masks[tr], sample_weights, cfg.batch_size, True, cfg.seed)
     val_ds = dataset.make_dataset(images[va], masks[va], None, 64, False)
 
-    weights = network.resolve_weights(cfg.weights, cfg.backbone)
-    model = network.build_network(cfg.input_size, weights, backbone=cfg.backbone)
+    start_weights = network.resolve_weights(cfg.weights, cfg.backbone)
+    model = network.build_network(cfg.input_size, start_weights, backbone=cfg.backbone)
     fit(cfg, model, train_ds, val_ds)
     train_seconds = time.time() - t0
 
@@ -225,14 +237,9 @@ def train(cfg: TrainConfig) -> ModelMetadata:
     (cfg.out / "calibration.json").write_text(json.dumps(calib, indent=1))
 
     _say("evaluation on the held-out test split")
-    from worker.training.evaluation import evaluate_predictions
-
     test_probs = calibration.softmax_t(predict_logits(model, images[te]), temperature)
-    metrics = evaluate_predictions(
-        test_probs, labels[te], mel[te], thresholds, df.loc[te, "path"].tolist(), cfg.out,
-        title=f"Test split ({int(te.sum())} images)", seed=cfg.seed,
-        sources=df.loc[te, "source"].tolist(), n_boot=cfg.n_boot,
-    )
+    metrics = evaluate_test_split(cfg.out, test_probs, df[te].reset_index(drop=True), thresholds,
+                                  cfg.seed, cfg.n_boot)
 
     by_source = per_source_metrics(test_probs, labels[te], mel[te], df.loc[te, "source"].tolist(),
                                    thresholds, cfg.seed, cfg.n_boot)
@@ -256,7 +263,7 @@ def train(cfg: TrainConfig) -> ModelMetadata:
             "train_seconds": round(train_seconds, 1)},
         training_command=cfg.command, data_manifest_sha256=man_hash,
         notes=(f"{network.BACKBONE_TITLES[cfg.backbone]} @ {cfg.input_size}px, weights "
-               f"{'ImageNet' if weights else 'none (from scratch)'}, partial-label loss "
+               f"{'ImageNet' if start_weights else 'none (from scratch)'}, partial-label loss "
                f"{'on' if cfg.partial_labels else 'off'}, seed {cfg.seed}"),
     )
     (cfg.out / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
@@ -364,7 +371,7 @@ def _class_call_line(calib: dict, metrics: dict) -> str:
     test = metrics.get("class_call") or {}
     return (f"- class call (`predicted_class`, not triage): argmax of log p + class bias, prior "
             f"correction beta {beta}; balanced accuracy with plain argmax -> with the bias: validation "
-            f"{_fmt(scores.get('0.0', scores.get(0.0)))} -> {_fmt(scores.get(str(beta), scores.get(beta)))}, "
+            f"{_fmt(scores.get('0.0'))} -> {_fmt(scores.get(str(float(beta))))}, "
             f"test {_fmt(test.get('balanced_accuracy_argmax'))} -> {_fmt(test.get('balanced_accuracy'))} "
             f"(test accuracy {_fmt(test.get('accuracy_argmax'))} -> {_fmt(test.get('accuracy'))})")
 
