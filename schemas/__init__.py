@@ -4,7 +4,14 @@ Pydantic messages and enums that a hospital system can import without TensorFlow
 Celery or SQLAlchemy.
 """
 
-from schemas.classes import CLASS_NAMES, MELANOMA, SOON_CLASSES, LesionClass
+from schemas.classes import CLASS_NAMES, MELANOMA, MELANOMA_INDEX, SOON_CLASSES, LesionClass
+from schemas.codes import (
+    Laterality,
+    ModelAction,
+    RejectionReason,
+    RetrainState,
+    TruthSource,
+)
 from schemas.messages import (
     EnqueueRequest,
     ImageMetadata,
@@ -17,6 +24,7 @@ from schemas.states import JobState, SourceDoor, TriageLevel
 __all__ = [
     "CLASS_NAMES",
     "MELANOMA",
+    "MELANOMA_INDEX",
     "SOON_CLASSES",
     "LesionClass",
     "EnqueueRequest",
@@ -27,4 +35,9 @@ __all__ = [
     "JobState",
     "SourceDoor",
     "TriageLevel",
+    "Laterality",
+    "ModelAction",
+    "RejectionReason",
+    "RetrainState",
+    "TruthSource",
 ]

@@ -20,6 +20,9 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.value for c in LesionClass)
 
 MELANOMA = LesionClass.MELANOMA.value
 
+#: Position of melanoma in the model output.
+MELANOMA_INDEX = CLASS_NAMES.index(MELANOMA)
+
 #: Malignant or pre-malignant lesions other than melanoma: triaged "soon".
 SOON_CLASSES: tuple[str, ...] = (
     LesionClass.BASAL_CELL_CARCINOMA.value,

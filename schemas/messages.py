@@ -7,6 +7,7 @@ from datetime import date, datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.classes import CLASS_NAMES
+from schemas.codes import Laterality
 from schemas.states import TriageLevel
 
 
@@ -32,7 +33,7 @@ class ImageMetadata(BaseModel):
         if v is None or v == "":
             return None
         v = v.strip().upper()
-        if v not in {"L", "R", "B", "U"}:
+        if v not in {lat.value for lat in Laterality}:
             raise ValueError("laterality must be L, R, B (both) or U (unpaired)")
         return v
 
