@@ -6,12 +6,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY worker ./worker
 COPY schemas ./schemas
 COPY migrations ./migrations
 COPY model_store ./model_store
-RUN pip install --no-cache-dir ".[flower]"
+# One image runs every service of docker-compose.yml: the triage worker and doors (serve),
+# the retraining worker (train) and Flower. Exact versions from the lock file.
+RUN pip install --no-cache-dir -c constraints.txt ".[serve,train,flower]"
 
 RUN useradd --create-home --uid 10001 triage && mkdir -p /data && chown triage /data
 USER triage

@@ -41,7 +41,7 @@ def main() -> None:
 
     from worker.classify.inference import Classifier, configure_tensorflow
     from worker.classify.preprocess import to_model_input
-    from worker.model_store import ModelStore
+    from worker.store.versions import ModelStore
 
     configure_tensorflow(1)
     t0 = time.perf_counter()

@@ -48,12 +48,11 @@ def _ms(values: list[float]) -> str:
 
 def in_process(n: int, store_dir: Path, home: Path) -> None:
     from worker import pipeline
-    from worker.celery_app import create_app
     from worker.imaging.decode import decode_bytes
     from worker.imaging.quality import assess_quality
-    from worker.model_store import ModelStore
+    from worker.store.versions import ModelStore
     from worker.runtime import build_runtime
-    from worker.service import prepare
+    from worker.home import prepare
     from worker.settings import Settings
 
     settings = Settings(home=home, model_store_dir=home / "model_store")
@@ -61,8 +60,7 @@ def in_process(n: int, store_dir: Path, home: Path) -> None:
     store = ModelStore(settings.model_store_dir)
     src = ModelStore(store_dir)
     store.set_current(store.add_version(src.version_dir(src.current_version())))
-    rt = build_runtime(settings, create_app(settings))
-    rt.intake.send = lambda job_id: None
+    rt = build_runtime(settings, send=lambda job_id: None)  # admitted, never queued
     t0 = time.perf_counter()
     classifier = rt.models.get()
     print(f"model {classifier.version}: load {1000 * (time.perf_counter() - t0):.0f} ms (once per worker process)")
@@ -99,7 +97,7 @@ def in_process(n: int, store_dir: Path, home: Path) -> None:
 
 
 def service(n: int, store_dir: Path, home: Path) -> None:
-    from worker.model_store import ModelStore
+    from worker.store.versions import ModelStore
 
     store = ModelStore(home / "model_store")
     src = ModelStore(store_dir)

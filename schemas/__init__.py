@@ -6,6 +6,8 @@ Celery or SQLAlchemy.
 
 from schemas.classes import CLASS_NAMES, MELANOMA, MELANOMA_INDEX, SOON_CLASSES, LesionClass
 from schemas.codes import (
+    DeliveryKind,
+    DeliveryState,
     Laterality,
     ModelAction,
     RejectionReason,
@@ -35,6 +37,8 @@ __all__ = [
     "JobState",
     "SourceDoor",
     "TriageLevel",
+    "DeliveryKind",
+    "DeliveryState",
     "Laterality",
     "ModelAction",
     "RejectionReason",

@@ -1,9 +1,9 @@
 """The one label space the product reports (ISIC 9-class, snake_case)."""
 
-from enum import Enum
+from enum import StrEnum
 
 
-class LesionClass(str, Enum):
+class LesionClass(StrEnum):
     ACTINIC_KERATOSIS = "actinic_keratosis"
     BASAL_CELL_CARCINOMA = "basal_cell_carcinoma"
     DERMATOFIBROMA = "dermatofibroma"

@@ -3,16 +3,17 @@
 Values are the strings stored in the database; never rename one without a migration.
 """
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RejectionReason(str, Enum):
+class RejectionReason(StrEnum):
     """Why an image was rejected or failed (``jobs.error_code`` and the rejection sidecar)."""
 
     EMPTY_FILE = "empty_file"
     TOO_LARGE_FILE = "too_large_file"
     NOT_AN_IMAGE = "not_an_image"
     UNREADABLE = "unreadable"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"  # FIFO, socket, dangling or looping symlink
     TRUNCATED = "truncated"
     DECOMPRESSION_BOMB = "decompression_bomb"
     TOO_SMALL = "too_small"
@@ -21,10 +22,11 @@ class RejectionReason(str, Enum):
     DICOM_UNSUPPORTED = "dicom_unsupported"
     DUPLICATE_OF_REJECTED = "duplicate_of_rejected"
     TIMEOUT = "timeout"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     INTERNAL_ERROR = "internal_error"
 
 
-class Laterality(str, Enum):
+class Laterality(StrEnum):
     """DICOM Image Laterality (0020,0062) values."""
 
     LEFT = "L"
@@ -45,7 +47,7 @@ _LATERALITY_WORDING = {
 }
 
 
-class TruthSource(str, Enum):
+class TruthSource(StrEnum):
     """Where a confirmed diagnosis comes from, strongest first (histopathology wins)."""
 
     HISTOPATHOLOGY = "histopathology"
@@ -53,7 +55,7 @@ class TruthSource(str, Enum):
     CLINICAL = "clinical"
 
 
-class RetrainState(str, Enum):
+class RetrainState(StrEnum):
     """State of one retraining run (``retrain_runs.state``)."""
 
     RUNNING = "running"
@@ -63,7 +65,7 @@ class RetrainState(str, Enum):
     BUSY = "busy"  # another retraining held the lease; nothing was recorded
 
 
-class ModelAction(str, Enum):
+class ModelAction(StrEnum):
     """What happened to the model store (``model_events.action``)."""
 
     SEED = "seed"
@@ -71,3 +73,15 @@ class ModelAction(str, Enum):
     ROLLBACK = "rollback"
     SHADOW_ON = "shadow_on"
     SHADOW_OFF = "shadow_off"
+
+
+class DeliveryKind(StrEnum):
+    DICOM = "dicom"  # C-STORE of the DICOM result objects
+    FHIR = "fhir"  # POST of the FHIR bundle
+    WEBHOOK = "webhook"  # signed JSON POST for an urgent result
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"  # out of attempts, or refused for good: waits for ``deliveries resend``

@@ -30,12 +30,14 @@ class ImageMetadata(BaseModel):
     @field_validator("laterality")
     @classmethod
     def _laterality(cls, v: str | None) -> str | None:
+        """Stored as the DICOM code ("L"), so the database and the tags agree."""
         if v is None or v == "":
             return None
-        v = v.strip().upper()
-        if v not in {lat.value for lat in Laterality}:
-            raise ValueError("laterality must be L, R, B (both) or U (unpaired)")
-        return v
+        try:
+            return Laterality(v.strip().upper()).value
+        except ValueError:
+            choices = ", ".join(f"{lat.value} ({lat.wording.lower()})" for lat in Laterality)
+            raise ValueError(f"laterality must be one of {choices}") from None
 
     def merged_over(self, base: ImageMetadata) -> ImageMetadata:
         """Fields set here win over those of ``base`` (caller metadata over file tags)."""

@@ -1,9 +1,9 @@
 """Coded values shared by the database, the workers and the hospital client."""
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     RECEIVED = "received"
     QUEUED = "queued"
     RUNNING = "running"
@@ -16,15 +16,17 @@ class JobState(str, Enum):
         return self in (JobState.DONE, JobState.REJECTED, JobState.FAILED)
 
 
-class SourceDoor(str, Enum):
+class SourceDoor(StrEnum):
     """How an image entered the system."""
 
     INTAKE = "intake"  # dropped into the intake folder
     API = "api"  # enqueued by a hospital system through worker.client
     CLI = "cli"  # melanoma-triage enqueue
+    DICOM = "dicom"  # C-STORE to our DICOM receiver
+    HTTP = "http"  # POST /v1/jobs on the HTTP API
 
 
-class TriageLevel(str, Enum):
+class TriageLevel(StrEnum):
     URGENT = "urgent"  # suspected melanoma
     SOON = "soon"  # suspected BCC, SCC or actinic keratosis
     ROUTINE = "routine"

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.modelgen import write_tiny_version  # noqa: E402
 from tests.retraingen import write_tiny_dataset  # noqa: E402
 from worker.db.models import ModelEvent, RetrainRun  # noqa: E402
-from worker.model_store import ModelStore  # noqa: E402
+from worker.store.versions import ModelStore  # noqa: E402
 
 TRAINERS = {
     "tiny": ("tests.retraingen:tiny_trainer", {}),

@@ -21,9 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from schemas import ModelMetadata  # noqa: E402
-from worker.model_store import METADATA_FILE, MODEL_FILE  # noqa: E402
-from worker.training import calibration, datachecks, dataset, manifest, network  # noqa: E402
-from worker.training.train import evaluate_test_split, predict_logits, rewrite_model_card  # noqa: E402
+from worker.store.versions import METADATA_FILE, MODEL_FILE  # noqa: E402
+from worker.classify.inference import predict_probabilities  # noqa: E402
+from worker.training import datachecks, dataset, manifest, network  # noqa: E402
+from worker.training.evaluation import evaluate_frame  # noqa: E402
+from worker.training.model_card import rewrite_model_card  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +45,10 @@ def main() -> None:
     df = df.merge(split[["sha256", "subset"]], on="sha256", how="inner")
     te = df[df["subset"] == "test"].reset_index(drop=True)
     model = keras.saving.load_model(d / MODEL_FILE, compile=False)
-    logits = predict_logits(model, dataset.build_cache(te, meta.input_size, args.cache_dir))
-    metrics = evaluate_test_split(d, calibration.softmax_t(logits, meta.temperature), te, meta.thresholds,
-                                  args.seed)
+    probs = predict_probabilities(model, dataset.build_cache(te, meta.input_size, args.cache_dir),
+                                  meta.temperature)
+    metrics = evaluate_frame(probs, te, meta.thresholds, d, title=f"Test split ({len(te)} images)",
+                             seed=args.seed)
     rewrite_model_card(d)
     print(f"{d}: melanoma AUC {metrics['melanoma']['auc']['value']:.4f}, "
           f"balanced accuracy {metrics['balanced_accuracy']['value']:.4f}")

@@ -45,7 +45,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def store_with_tiny_model(settings, tiny_model_dir):
-    from worker.model_store import ModelStore
+    from worker.store.versions import ModelStore
 
     store = ModelStore(settings.model_store_dir)
     store.set_current(store.add_version(tiny_model_dir))

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from schemas import CLASS_NAMES, ModelMetadata, TriageThresholds
-from worker.model_store import MODEL_FILE, METADATA_FILE, file_sha256
+from worker.store.versions import MODEL_FILE, METADATA_FILE, file_sha256
 
 TINY_THRESHOLDS = TriageThresholds(urgent_melanoma=0.3, soon_keratinocyte=0.5, min_confidence=0.2)
 

@@ -55,9 +55,16 @@ def write_tiny_dataset(root: Path, per_class: int = 20, seed: int = 0, size: int
     return root
 
 
+def resolved_rows(root: Path):
+    """The manifest rows a retraining run would hand its trainer for the data under ``root``."""
+    from worker.training import datachecks, manifest
+
+    return datachecks.run_checks(manifest.scan([root])).resolved
+
+
 def tiny_trainer(req) -> ModelMetadata:
-    """A challenger trainer for tests: the product's manifest, data checks, split, cache and
-    calibration, with a tiny CNN instead of MobileNet (seconds on one core).
+    """A challenger trainer for tests: the product's split, cache and calibration on the rows
+    the retraining run hands over, with a tiny CNN instead of MobileNet (seconds on one core).
 
     ``req.options``: ``input_size`` (32), ``epochs`` (40), ``seed`` (0)."""
     from datetime import datetime, timezone
@@ -66,16 +73,16 @@ def tiny_trainer(req) -> ModelMetadata:
     import numpy as np
 
     from schemas import CLASS_NAMES, ModelMetadata, TriageThresholds
-    from worker.model_store import METADATA_FILE, MODEL_FILE, file_sha256
+    from worker.store.versions import METADATA_FILE, MODEL_FILE, file_sha256
     from worker.training import calibration, dataset, network
     from worker.training.train import TrainConfig, prepare_data
 
     size = int(req.options.get("input_size", 32))
     seed = int(req.options.get("seed", 0))
     req.out.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(data=req.data, out=req.out, input_size=size, weights=None, seed=seed,
+    cfg = TrainConfig(data=(), out=req.out, input_size=size, weights=None, seed=seed,
                       cache_dir=req.cache_dir, command=req.command, parent_version=req.parent_version)
-    df, man_hash, _ = prepare_data(cfg)
+    df, man_hash, _ = prepare_data(cfg, req.manifest)
     images = dataset.build_cache(df, size, req.cache_dir, progress=False).astype(np.float32)
     masks, labels = dataset.label_masks(df), dataset.label_indices(df)
     mel = df["melanoma"].to_numpy().astype(int)

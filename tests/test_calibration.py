@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES
+from schemas import CLASS_NAMES, MELANOMA_INDEX, SOON_CLASSES
 from worker.training import calibration
 
-MEL = CLASS_NAMES.index(MELANOMA)
 K = len(CLASS_NAMES)
 
 
@@ -32,9 +31,9 @@ def test_temperature_recovers_the_generating_temperature(true_t):
 
 def test_partial_label_rows_use_the_melanoma_axis():
     z = np.zeros((2, K))
-    z[:, MEL] = np.log(3.0 * (K - 1))  # P(melanoma) = 0.75
-    pos = np.zeros(K); pos[MEL] = 1
-    neg = np.ones(K); neg[MEL] = 0
+    z[:, MELANOMA_INDEX] = np.log(3.0 * (K - 1))  # P(melanoma) = 0.75
+    pos = np.zeros(K); pos[MELANOMA_INDEX] = 1
+    neg = np.ones(K); neg[MELANOMA_INDEX] = 0
     assert calibration.partial_nll(z[:1], pos[None], 1.0) == pytest.approx(-np.log(0.75))
     assert calibration.partial_nll(z[1:], neg[None], 1.0) == pytest.approx(-np.log(0.25))
 
@@ -56,7 +55,7 @@ def test_choose_thresholds_records_validation_sens_spec():
     z = rng.normal(0, 1, (n, K))
     z[np.arange(n), labels] += 2.5
     probs = calibration.softmax_t(z, 1.0)
-    mel = (labels == MEL).astype(int)
+    mel = (labels == MELANOMA_INDEX).astype(int)
     labels_partial = labels.copy()
     labels_partial[:200] = -1  # melanoma-only rows still count for the urgent threshold
     th = calibration.choose_thresholds(probs, labels_partial, mel)
@@ -88,7 +87,7 @@ def test_calibrate_improves_nll_of_overconfident_logits():
     z, labels = _sample(1.0, n=3000, seed=2)
     over = 3.0 * z  # an overconfident model
     masks = np.eye(K, dtype=np.float32)[labels]
-    rec = calibration.calibrate(over, masks, labels, (labels == MEL).astype(int))
+    rec = calibration.calibrate(over, masks, labels, (labels == MELANOMA_INDEX).astype(int))
     assert rec["temperature"] == pytest.approx(3.0, rel=0.1)
     assert rec["nll_after"] < rec["nll_before"] and rec["ece_after"] < rec["ece_before"]
     # the recorded class call is the one stored with the thresholds

@@ -13,11 +13,12 @@ from schemas import JobState, SourceDoor
 from tests.conftest import make_settings
 from tests.imagegen import dicom_bytes, garbage_bytes, lesion_rgb, truncated_dicom_bytes
 from worker import reconciler
-from worker.celery_app import TRIAGE_QUEUE, create_app
+from worker.celery_worker import create_worker_app
 from worker.client import TriageClient, enqueue
 from worker.db.migrate import upgrade
 from worker.db.models import Job, Prediction, Submission
-from worker.model_store import ModelStore
+from worker.queues import PROCESS_TASK, TRIAGE_QUEUE
+from worker.store.versions import ModelStore
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def prod_settings(tmp_path, postgres_url, redis_url, tiny_model_dir):
 
 @pytest.fixture
 def worker(prod_settings):
-    app = create_app(prod_settings)
+    app = create_worker_app(prod_settings)
     with start_worker(app, pool="solo", perform_ping_check=False, queues=[TRIAGE_QUEUE],
                       shutdown_timeout=30):
         yield app
@@ -85,8 +86,7 @@ def test_a_message_the_broker_lost_is_recovered_by_the_reconciler(prod_settings,
         assert _state(client, job_id) == "queued"
         time.sleep(1.5)
         assert _state(client, job_id) == "queued"  # nobody will ever deliver it
-        client.intake.send = lambda j: worker.send_task("triage.process_image", args=[j],
-                                                        queue=TRIAGE_QUEUE)
+        client.intake.send = lambda j: worker.send_task(PROCESS_TASK, args=[j], queue=TRIAGE_QUEUE)
         later = datetime.now(timezone.utc) + timedelta(seconds=prod_settings.stale_after_s + 1)
         sent = reconciler.reconcile(client.intake.sessions, client.intake.enqueue,
                                     timedelta(seconds=30), timedelta(seconds=prod_settings.stale_after_s),

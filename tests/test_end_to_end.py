@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, select
 from schemas import TriageLevel
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
 from worker.db.models import Image, Job, Prediction, Report
-from worker.model_store import ModelStore
+from worker.store.versions import ModelStore
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.classes import CLASS_NAMES, MELANOMA
+from schemas.classes import CLASS_NAMES, MELANOMA_INDEX
 from schemas.messages import TriageThresholds
 from worker.training.evaluation import evaluate_predictions
 
-MEL = CLASS_NAMES.index(MELANOMA)
 THRESHOLDS = TriageThresholds(urgent_melanoma=0.3, soon_keratinocyte=0.4, min_confidence=0.4)
 
 
@@ -22,7 +21,7 @@ def _synthetic(tmp_path, n=90, n_mel_only=15, seed=0):
     logits[np.arange(n), labels] += 2.0
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
-    melanoma = (labels == MEL).astype(int)
+    melanoma = (labels == MELANOMA_INDEX).astype(int)
     labels[:n_mel_only] = -1  # melanoma / not-melanoma only, as in ISIC 2017
     melanoma[:n_mel_only] = np.arange(n_mel_only) % 2
     paths = []
@@ -121,7 +120,7 @@ def test_rejects_mismatched_inputs(tmp_path):
         evaluate_predictions(probs, np.array([0, 1]), np.array([0, 0, 0]), THRESHOLDS,
                              ["a", "b", "c"], tmp_path, "x", n_boot=5)
     with pytest.raises(ValueError):  # a melanoma label with melanoma flag 0 is a contradiction
-        evaluate_predictions(probs, np.array([MEL, 1, 2]), np.array([0, 0, 0]), THRESHOLDS,
+        evaluate_predictions(probs, np.array([MELANOMA_INDEX, 1, 2]), np.array([0, 0, 0]), THRESHOLDS,
                              ["a", "b", "c"], tmp_path, "x", n_boot=5)
 
 

@@ -15,7 +15,7 @@ from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, TriageLevel, TriageThr
 from worker.classify.inference import Classifier, configure_tensorflow
 from worker.classify.preprocess import to_model_input
 from worker.errors import ModelNotAvailable
-from worker.model_store import METADATA_FILE, MODEL_FILE, ModelStore, file_sha256
+from worker.store.versions import METADATA_FILE, MODEL_FILE, ModelStore, file_sha256
 
 SIZE = 32
 T = 2.0
@@ -115,3 +115,20 @@ def test_importing_inference_does_not_import_tensorflow():
     code = ("import sys, worker.classify.inference, worker.training.cli; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_batched_probabilities_match_the_single_image_path(store):
+    import keras
+
+    from worker.classify.inference import predict_probabilities
+
+    clf = Classifier.from_store(store, "v-normal")
+    rgbs = [_rgb(SIZE, SIZE, seed=s) for s in range(5)]
+    model = keras.saving.load_model(store.model_path("v-normal"), compile=False)
+    stack = np.stack([to_model_input(r, SIZE) for r in rgbs])
+    batched = predict_probabilities(model, stack, T, batch_size=2)  # 2 + 2 + 1: a partial batch
+    assert batched.shape == (5, len(CLASS_NAMES))
+    for row, rgb in zip(batched, rgbs):
+        single = clf.probabilities(rgb)
+        assert np.allclose(row, [single[c] for c in CLASS_NAMES], atol=1e-5)
+    assert predict_probabilities(model, stack[:0], T).shape == (0, len(CLASS_NAMES))

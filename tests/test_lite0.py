@@ -96,7 +96,7 @@ def test_resolve_weights_per_backbone():
 @pytest.mark.slow
 def test_train_a_lite0_version_that_the_workers_load(tmp_path):
     from worker.classify.inference import Classifier
-    from worker.model_store import ModelStore
+    from worker.store.versions import ModelStore
     from worker.training.cli import register
 
     make_fixture_data(tmp_path / "data", per_class=4)
@@ -121,11 +121,11 @@ def test_train_a_lite0_version_that_the_workers_load(tmp_path):
 @pytest.mark.slow
 def test_retraining_product_trainer_uses_the_default_recipe_with_overrides(tmp_path):
     """The retrain worker's default trainer: TrainConfig defaults (Lite0) + JSON overrides."""
-    from tests.retraingen import write_tiny_dataset
+    from tests.retraingen import resolved_rows, write_tiny_dataset
     from worker.retrain.training import TrainRequest, train_product
 
     data = write_tiny_dataset(tmp_path / "data", per_class=6)
-    req = TrainRequest(data=(data,), out=tmp_path / "challenger", parent_version="champion-1",
+    req = TrainRequest(manifest=resolved_rows(data), out=tmp_path / "challenger", parent_version="champion-1",
                        champion_dir=None, cache_dir=tmp_path / "cache", command="retrain test",
                        options={"input_size": 32, "weights": "none", "head_epochs": 1, "epochs": 1,
                                 "n_boot": 10, "jit_compile": False, "not_a_field": 1})

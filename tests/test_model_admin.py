@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from schemas import ModelAction
 from tests.modelgen import write_tiny_version
 from worker.cli import app as cli_app
 from worker.db.engine import make_engine, make_session_factory
+from worker.db.lease import DbLease, LockHeld
 from worker.db.models import Lock, ModelEvent, utcnow
-from worker.model_store import ModelStore
-from worker.retrain import admin
-from worker.retrain.lock import DbLease, LockHeld
+from worker.store import admin
+from worker.store.versions import ModelStore
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,7 @@ def test_promote_and_rollback_are_recorded_with_who_and_why(two_versions, sessio
     store = two_versions
     change = admin.promote(store, sessions, "tiny-2", "dr.a", "better on the audit set")
     assert store.current_version() == "tiny-2" and change.previous_version == "tiny-1"
+    assert change.action is ModelAction.PROMOTE
     back = admin.rollback(store, sessions, "dr.b", "too many urgent referrals")
     assert store.current_version() == "tiny-1" and back.previous_version == "tiny-2"
     events = _events(sessions)
@@ -171,7 +173,8 @@ def test_promotion_rollback_and_retrain_hot_reload_through_a_real_worker(
     from tests.conftest import make_settings
     from tests.imagegen import jpeg_bytes, lesion_rgb
     from tests.retraingen import write_tiny_dataset
-    from worker.celery_app import RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE, create_app
+    from worker.celery_worker import create_worker_app
+    from worker.queues import RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE
     from worker.client import TriageClient
     from worker.db.models import Job, Prediction, RetrainRun
     from worker.db.migrate import upgrade
@@ -188,7 +191,7 @@ def test_promotion_rollback_and_retrain_hot_reload_through_a_real_worker(
     store.add_version(tiny_model_dir_2)
     engine = make_engine(postgres_url)
     sessions = make_session_factory(engine)
-    app = create_app(settings)
+    app = create_worker_app(settings)
 
     def classify(client: TriageClient, seed: int) -> str:
         job_id = client.submit(jpeg_bytes(lesion_rgb(seed=seed)), original_name=f"{seed}.jpg").job_id

@@ -12,14 +12,14 @@ from schemas import CLASS_NAMES, JobState, SourceDoor, TriageLevel
 from tests import imagegen
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
 from worker import pipeline
-from worker.celery_app import create_app
+from worker.celery_worker import create_worker_app
 from worker.db.models import Image, Job, Prediction, Report
 from worker.runtime import build_runtime
 
 
 @pytest.fixture
 def rt(migrated_settings, store_with_tiny_model):
-    runtime = build_runtime(migrated_settings, create_app(migrated_settings))
+    runtime = build_runtime(migrated_settings, send=lambda job_id: None)  # no broker here
     yield runtime
     runtime.close()
 
@@ -110,7 +110,7 @@ def test_attempts_cap_stops_a_poisonous_job(rt):
 
 def test_shadow_candidate_is_recorded_but_never_reported(rt, tmp_path):
     from tests.modelgen import write_tiny_version
-    from worker.retrain import admin
+    from worker.store import admin
     from worker.retrain.truth import add_label, triage_metrics
 
     store = rt.models.store
@@ -133,13 +133,13 @@ def test_shadow_candidate_is_recorded_but_never_reported(rt, tmp_path):
 
 
 def test_an_unexpected_error_fails_the_job_once_with_a_sidecar(rt, migrated_settings, monkeypatch):
-    from worker.celery_app import PROCESS_TASK
+    from worker.queues import PROCESS_TASK
 
     def broken(*_a, **_k):
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(pipeline, "render_report", broken)
-    app = create_app(migrated_settings)
+    app = create_worker_app(migrated_settings)
     app._triage_runtime = rt  # the task runs here, in this process, on this runtime
     job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=41)), name="crash me.jpg")
     assert app.tasks[PROCESS_TASK].apply(args=[job_id]).get() == "failed"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from schemas import SourceDoor
 from tests.imagegen import jpeg_bytes, lesion_rgb
-from worker.celery_app import create_app, send_process
+from worker.celery_app import create_app, process_sender
 from worker.cli import app as cli_app
 from worker.db import jobs
 from worker.db.engine import make_engine, make_session_factory
@@ -49,7 +49,7 @@ def test_reconciler_picks_only_stale_jobs(migrated_settings):
 def test_status_counts_jobs_and_the_embedded_queue(migrated_settings, monkeypatch):
     monkeypatch.setenv("TRIAGE_HOME", str(migrated_settings.home))  # restored afterwards
     app = create_app(migrated_settings)
-    intake = _intake(migrated_settings, lambda job_id: send_process(app, job_id))
+    intake = _intake(migrated_settings, process_sender(app))
     for seed in (3, 4, 5):
         intake.admit_bytes(jpeg_bytes(lesion_rgb(seed=seed)), SourceDoor.API)
     info = collect_status(migrated_settings)

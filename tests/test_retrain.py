@@ -21,10 +21,10 @@ from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
 from worker.db.models import GroundTruth, Image, Lock, ModelEvent, RetrainRun, utcnow
 from worker.intake import archive
-from worker.model_store import ModelStore
 from worker.retrain import gates
 from worker.retrain.cycle import run_retrain
 from worker.retrain.locked_set import LockedSet, bucket
+from worker.store.versions import ModelStore
 
 RELAXED = gates.GatePolicy(max_ece=0.5, min_positives=3, min_negatives=3, n_boot=500)
 
@@ -152,7 +152,12 @@ def test_cycle_promotes_a_better_challenger_and_refuses_a_shuffled_one(retrain_e
     # the challenger never trained on the locked set
     locked = pd.read_csv(store.root / "evaluation" / "assignments.csv", dtype=str)
     eval_sha = set(locked.loc[locked["role"] == "eval", "sha256"])
-    assert eval_sha and not eval_sha & set(pd.read_csv(folder / "split.csv", dtype=str)["sha256"])
+    trained_on = pd.read_csv(folder / "split.csv", dtype=str)
+    assert eval_sha and not eval_sha & set(trained_on["sha256"])
+    # the trainer got the rows as gathered: confirmed cases keyed by their archived sha256
+    confirmed_train = set(locked.loc[(locked["origin"] == "confirmed") & (locked["role"] == "train"), "sha256"])
+    assert set(trained_on.loc[trained_on["source"] == "confirmed", "sha256"]) == confirmed_train
+    assert len(confirmed_train) == data["confirmed_train"] > 0
 
     shuffled = run_retrain(settings, policy=RELAXED, sessions=sessions, negative_control=True)
     assert shuffled.state == "kept"

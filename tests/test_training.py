@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from schemas import CLASS_NAMES, ModelMetadata
 from tests.test_datachecks import make_fixture_data
-from worker.model_store import ModelStore
+from worker.store.versions import ModelStore
 from worker.training.cli import register
 
 EXPECTED_FILES = ("model.keras", "model.json", "split.csv", "data_quality.json", "data_quality.md",
@@ -136,3 +136,60 @@ def test_cosine_lr_by_hand():
     assert cosine_lr(1e-3, 5, 10) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # half way: mean
     assert cosine_lr(1e-3, 10, 10) == pytest.approx(2e-5)
     assert cosine_lr(1e-3, 99, 10) == pytest.approx(2e-5)  # clamped past the end
+
+
+def _resolved_rows(data):
+    from worker.training import datachecks, manifest
+
+    return datachecks.run_checks(manifest.scan([data])).resolved
+
+
+def test_prepare_data_takes_resolved_rows(tmp_path):
+    from worker.training.config import TrainConfig
+    from worker.training.train import prepare_data
+
+    make_fixture_data(tmp_path / "data", per_class=5)
+    rows = _resolved_rows(tmp_path / "data")
+    cfg = TrainConfig(data=(), out=tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    df, man_hash, report = prepare_data(cfg, rows.assign(extra="dropped"))
+    assert len(df) == len(rows) and set(df["subset"]) == {"train", "val", "test"}
+    assert report["final"]["images"] == len(rows) and len(man_hash) == 64
+    assert (tmp_path / "out" / "data_quality.md").is_file() and (tmp_path / "out" / "split.csv").is_file()
+    with pytest.raises(ValueError, match="lacks columns"):
+        prepare_data(cfg, rows.drop(columns=["sha256"]))
+
+
+@pytest.mark.slow
+def test_train_from_a_resolved_manifest(trained, tmp_path):
+    from worker.training.config import TrainConfig
+    from worker.training.train import train
+
+    root, data, _, _, _ = trained
+    cfg = TrainConfig(data=(), out=tmp_path / "v", input_size=32, weights=None, head_epochs=1, epochs=0,
+                      batch_size=16, cache_dir=root / "cache", n_boot=20, seed=7, jit_compile=False,
+                      command="test")
+    meta = train(cfg, manifest=_resolved_rows(data))
+    for name in EXPECTED_FILES:
+        assert (tmp_path / "v" / name).is_file(), name
+    assert meta.input_size == 32 and meta.data_manifest_sha256
+
+
+def test_model_card_lists_per_source_rows_from_either_file():
+    from datetime import UTC, datetime
+
+    from schemas import TriageThresholds
+    from worker.training.model_card import render_model_card
+
+    ci = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    per_source = {"ham10000": {"n": 10, "n_melanoma": 2, "melanoma_auc": ci, "balanced_accuracy": ci,
+                               "urgent_sensitivity": ci, "urgent_specificity": ci, "ece": 0.04}}
+    report = {"final": {"images": 10, "per_class": {"nevus": 8}, "per_source": {"ham10000": 10}}}
+    th = TriageThresholds(urgent_melanoma=0.2, soon_keratinocyte=0.3, min_confidence=0.4)
+    for in_model_json in (True, False):
+        meta = ModelMetadata(version="v1", created_at=datetime.now(UTC), sha256="0" * 64, input_size=32,
+                             temperature=1.0, thresholds=th,
+                             metrics={"test_by_source": per_source} if in_model_json else {})
+        card = render_model_card(meta, report, {}, {"n": 10, "per_source": per_source})
+        assert "| ham10000 | 10 | 2 | 0.900 (0.800-0.950) |" in card
+        assert "| ham10000 | 0.900 (0.800-0.950) | 0.900 (0.800-0.950) | 0.040 |" in card

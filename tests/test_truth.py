@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from schemas import CLASS_NAMES
+from schemas import CLASS_NAMES, TruthSource
 from worker.cli import app as cli_app
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.models import GroundTruth, Image, Job, Prediction
@@ -49,6 +49,12 @@ def test_label_by_job_image_or_hash_and_idempotent(sessions):
         assert s.scalar(select(func.count()).select_from(GroundTruth)) == 2
         # histopathology wins over a later clinical label
         assert truth.effective_truth(s) == {image_id: ("melanoma", "histopathology")}
+
+
+def test_sources_are_the_enum_in_order_of_authority():
+    assert truth.SOURCES == (TruthSource.HISTOPATHOLOGY, TruthSource.CONSENSUS, TruthSource.CLINICAL)
+    assert truth.check_source(" Consensus ") is TruthSource.CONSENSUS
+    assert truth.check_source(TruthSource.CLINICAL) is TruthSource.CLINICAL
 
 
 @pytest.mark.parametrize("ref,dx,source,match", [
@@ -118,7 +124,7 @@ def test_label_and_metrics_cli(sessions, migrated_settings):
                                   "--source", "histopathology", "--by", "lab", *home])
     assert out.exit_code == 0 and "recorded" in out.output, out.output
     out = runner.invoke(cli_app, ["label", job_id, "--diagnosis", "melanoma", "--source", "gossip", *home])
-    assert out.exit_code == 1
+    assert out.exit_code == 2 and "gossip" in out.output  # not a TruthSource: a usage error
     out = runner.invoke(cli_app, ["metrics", "--json", *home])
     assert out.exit_code == 0
     assert json.loads(out.output)["v9"]["urgent"]["sensitivity"] == 1.0

@@ -1,3 +1,6 @@
+"""``python -m worker``: the same as the ``melanoma-triage`` command."""
+
 from worker.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,19 @@
 """The Celery application: reliable, JSON-only configuration built from the settings.
 
-``celery -A worker.celery_app worker`` imports this module; it must never import
-TensorFlow (the worker forks after importing it).
+This app has no tasks: a sender needs none, because tasks are sent by name
+(``worker.queues``). The app the worker and beat run, with the tasks registered, is
+``worker.celery_worker``. Never import TensorFlow here (the worker forks after importing it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 from celery.schedules import crontab
 
+from worker.queues import PROCESS_TASK, RECONCILE_TASK, RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE
 from worker.settings import Settings
-
-TRIAGE_QUEUE = "triage"
-RETRAIN_QUEUE = "retrain"
-PROCESS_TASK = "triage.process_image"
-RECONCILE_TASK = "triage.reconcile"
-RETRAIN_TASK = "triage.retrain"
 
 
 def _crontab(expr: str) -> crontab:
@@ -24,12 +22,10 @@ def _crontab(expr: str) -> crontab:
                    month_of_year=month_of_year, day_of_week=day_of_week)
 
 
-def create_app(settings: Settings) -> Celery:
-    app = Celery("melanoma_triage")
-    transport_options: dict = {}
+def _transport_options(settings: Settings) -> dict:
     if settings.uses_filesystem_broker:
         queue_dir = str(settings.broker_dir / "queue")
-        transport_options = {
+        return {
             "data_folder_in": queue_dir,
             "data_folder_out": queue_dir,
             "processed_folder": str(settings.broker_dir / "processed"),
@@ -37,12 +33,18 @@ def create_app(settings: Settings) -> Celery:
             "store_processed": False,
             "polling_interval": 0.1,  # default 1 s caps the embedded worker at ~1 image/s
         }
-    elif settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.broker_url.startswith(("redis://", "rediss://")):
         # Longer than any task may run, or an acks_late task is delivered twice.
-        transport_options = {"visibility_timeout": max(3600, settings.task_time_limit_s * 2)}
+        return {"visibility_timeout": max(3600, settings.task_time_limit_s * 2)}
+    return {}
+
+
+def create_app(settings: Settings) -> Celery:
+    """A configured app without tasks; ``app.triage_settings`` carries the settings along."""
+    app = Celery("melanoma_triage")
     app.conf.update(
         broker_url=settings.broker_url,
-        broker_transport_options=transport_options,
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         result_serializer="json",
@@ -64,15 +66,13 @@ def create_app(settings: Settings) -> Celery:
         timezone="UTC",
     )
     app.triage_settings = settings
-    from worker.tasks import register_tasks  # here: tasks import this module's constants
-
-    register_tasks(app)
     return app
 
 
-def send_process(app: Celery, job_id: str) -> None:
-    app.send_task(PROCESS_TASK, args=[job_id], queue=TRIAGE_QUEUE)
+def process_sender(app: Celery) -> Callable[[str], None]:
+    """The ``send`` that plain modules (intake, runtime) are given: queue one job for processing."""
 
+    def send(job_id: str) -> None:
+        app.send_task(PROCESS_TASK, args=[job_id], queue=TRIAGE_QUEUE)
 
-#: The entry point for the ``celery`` command; configuration comes from TRIAGE_* variables.
-app = create_app(Settings())
+    return send

@@ -1,25 +1,55 @@
-"""The ``melanoma-triage`` command."""
+"""The ``melanoma-triage`` command.
+
+Every command behaves the same way: results on stdout (``--json`` for machines), progress
+and logs on stderr, exit codes from :class:`worker.cli_output.ExitCode`. Read-only
+commands (``status``, ``models list``, ``metrics``) never create or migrate anything.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from schemas import ImageMetadata, SourceDoor
-from worker.cli_options import HomeOption, settings_for
+from schemas import ImageMetadata, JobState, Laterality, SourceDoor
+from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
+from worker.cli_output import EXIT_CODES_HELP, ExitCode, emit_json
 
 # Never print local variables in tracebacks: they can hold patient data or credentials.
 app = typer.Typer(
     help="Dermoscopy triage worker: intake, CNN classification, PDF triage reports.",
+    epilog=EXIT_CODES_HELP,
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
 )
-db_app = typer.Typer(help="Database schema.", pretty_exceptions_show_locals=False)
+db_app = typer.Typer(help="Database schema.", pretty_exceptions_show_locals=False,
+                     no_args_is_help=True)
 app.add_typer(db_app, name="db")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("melanoma-triage")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"melanoma-triage {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """Dermoscopy triage worker: intake, CNN classification, PDF triage reports."""
+
 
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -32,7 +62,9 @@ def run(home: HomeOption = None) -> None:
     from worker.service import run_service
 
     _logging()
-    raise typer.Exit(run_service(settings_for(home)))
+    code = run_service(settings_for(home))
+    # run_service answers 2 when the store has no current model: that is "not ready", not usage.
+    raise typer.Exit(int(ExitCode.NOT_READY) if code == 2 else code)
 
 
 @app.command()
@@ -59,90 +91,120 @@ def enqueue(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     patient_id: Annotated[Optional[str], typer.Option("--patient-id")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession")] = None,
-    laterality: Annotated[Optional[str], typer.Option("--laterality", help="L, R, B or U")] = None,
+    laterality: Annotated[Optional[Laterality], typer.Option(
+        "--laterality", case_sensitive=False, help="DICOM Image Laterality")] = None,
     body_site: Annotated[Optional[str], typer.Option("--body-site")] = None,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Submit one image; this metadata wins over the file's own tags. Prints the job id."""
-    from worker.client import TriageClient
-    from worker.service import prepare
+    """Submit one image; this metadata wins over the file's own tags.
 
-    settings = settings_for(home)
-    prepare(settings)
+    Prints the job id and its state; exit code 1 when the image was rejected at the door.
+    """
+    from worker.client import TriageClient
+    from worker.home import prepare
+
     try:
-        metadata = ImageMetadata(patient_id=patient_id, accession_number=accession,
-                                 laterality=laterality, body_site=body_site)
+        image_metadata = ImageMetadata(patient_id=patient_id, accession_number=accession,
+                                       laterality=laterality.value if laterality else None,
+                                       body_site=body_site)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    settings = settings_for(home)
+    prepare(settings)
     with TriageClient(settings) as client:
-        admission = client.submit(file, metadata, door=SourceDoor.CLI)
-    typer.echo(json.dumps({"job_id": admission.job_id, "state": admission.state.value,
-                           "duplicate": admission.duplicate, "reason": admission.reason}))
+        admission = client.submit(file, image_metadata, door=SourceDoor.CLI)
+    state = JobState(admission.state)
+    if as_json:
+        emit_json({"job_id": admission.job_id, "state": state.value,
+                   "duplicate": admission.duplicate, "reason": admission.reason})
+    else:
+        typer.echo(f"{admission.job_id} {state.value}{' (duplicate)' if admission.duplicate else ''}"
+                   f"{f': {admission.reason}' if admission.reason else ''}")
+    if state is JobState.REJECTED:
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 @app.command()
-def status(home: HomeOption = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Jobs by state, queue depth, counts per triage level, current model version."""
+def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Jobs by state, queue depth, counts per triage level, current model version (read-only)."""
     from worker.status import collect_status, format_status
 
-    info = collect_status(settings_for(home))
-    typer.echo(json.dumps(info, indent=2) if as_json else format_status(info))
+    info = collect_status(ready_settings(home))
+    if as_json:
+        emit_json(info)
+    else:
+        typer.echo(format_status(info))
 
 
 @app.command()
-def reconcile(home: HomeOption = None) -> None:
+def reconcile(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Re-enqueue jobs left in received/queued/running (one pass; beat runs it every minute)."""
     from datetime import timedelta
 
     from worker.client import TriageClient
     from worker.reconciler import reconcile as do_reconcile
 
-    settings = settings_for(home)
+    settings = ready_settings(home)
     with TriageClient(settings) as client:
         sent = do_reconcile(client.intake.sessions, client.intake.enqueue,
                             timedelta(seconds=30), timedelta(seconds=settings.stale_after_s))
-    typer.echo(f"re-enqueued {sent} job(s)")
+    if as_json:
+        emit_json({"re_enqueued": sent})
+    else:
+        typer.echo(f"re-enqueued {sent} job(s)")
 
 
 @app.command()
-def init(home: HomeOption = None) -> None:
+def init(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Create the folders, migrate the database and seed the model store (idempotent)."""
-    from worker.model_store import ModelStore
-    from worker.service import prepare
+    from worker.home import prepare
+    from worker.store.versions import ModelStore
 
     settings = settings_for(home)
     prepare(settings)
     current = ModelStore(settings.model_store_dir).current_version()
-    typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
+    if as_json:
+        emit_json({"home": str(settings.home), "model_version": current})
+    else:
+        typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
 
 
 @db_app.command("upgrade")
 def db_upgrade(home: HomeOption = None,
-               revision: Annotated[str, typer.Option()] = "head") -> None:
+               revision: Annotated[str, typer.Option(help="Alembic revision")] = "head",
+               as_json: JsonOption = False) -> None:
     """Apply the Alembic migrations to the configured database."""
     from worker.db.migrate import current_revision, upgrade
 
     settings = settings_for(home)
     settings.ensure_folders()
     upgrade(settings.database_url, revision)
-    typer.echo(f"database at revision {current_revision(settings.database_url)}")
+    now = current_revision(settings.database_url)
+    if as_json:
+        emit_json({"revision": now})
+    else:
+        typer.echo(f"database at revision {now}")
 
 
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.doors.cli import register as register_doors
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
 
     register_training(app)
     register_retrain(app)
+    register_doors(app)  # serve, receive-dicom, tokens
 
 
 _register_command_groups()
 
 
 def main() -> None:
+    """Console-script entry point."""
     from worker.imaging.dicom import quiet_pydicom
 
     quiet_pydicom()
     app()
+

@@ -9,11 +9,11 @@ from schemas import ImageMetadata, PredictionResult
 from worker.classify.triage import explain
 from worker.db import jobs
 from worker.errors import InputRejected
-from worker.imaging.decode import DecodeLimits, decode_bytes
+from worker.imaging import DecodeLimits, decode_bytes
 from worker.imaging.quality import assess_quality
 from worker.intake import archive
-from worker.intake.rejections import write_rejection
-from worker.report.pdf import ReportContent, render_report, report_filename
+from worker.intake.rejections import record_rejection
+from worker.report import ReportContent, render_report, report_filename
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,8 @@ def process_job(rt: Runtime, job_id: str) -> str:
             data, DecodeLimits(max_bytes=settings.max_file_bytes, max_pixels=settings.max_image_pixels)
         )
     except InputRejected as exc:
-        with rt.sessions.begin() as s:
-            jobs.reject(s, job_id, exc.code, exc.reason)
-            name = jobs.original_name(s, job_id)
-        write_rejection(settings.rejected_dir, job_id, name, exc.code, exc.reason, data=data,
-                        sha256=item.image_sha256)
-        log.info("job %s rejected: %s", job_id, exc.code)
+        record_rejection(rt.sessions, settings.rejected_dir, job_id, exc.code, exc.reason, data=data)
+        log.info("job %s rejected: %s", job_id, exc.code.value)
         return "rejected"
 
     usable, quality_reason = assess_quality(decoded.rgb)
@@ -82,7 +78,6 @@ def process_job(rt: Runtime, job_id: str) -> str:
                       shadow_results=shadow)
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
-
 
 
 def _shadow_prediction(rt: Runtime, rgb, usable: bool, job_id: str) -> tuple[PredictionResult, ...]:

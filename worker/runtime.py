@@ -1,23 +1,23 @@
 """Per-process resources of a worker: database engine, intake, and the lazily loaded model.
 
 Built once per process from the settings; after a fork the child builds its own (a
-parent's connection pool and TensorFlow state must never cross a fork).
+parent's connection pool and TensorFlow state must never cross a fork). No Celery here:
+the caller hands in ``send``, the function that queues a job.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.classify.model_cache import ModelCache
-from worker.db.engine import make_engine, make_session_factory
 from worker.imaging.dicom import quiet_pydicom
-from worker.intake.admission import Intake
-from worker.model_store import ModelStore
+from worker.intake.admission import Intake, open_intake
+from worker.store.versions import ModelStore
 from worker.settings import Settings
 
 
@@ -30,32 +30,26 @@ class Runtime:
     intake: Intake
     pid: int = field(default_factory=os.getpid)
 
+    @property
+    def in_this_process(self) -> bool:
+        """False in a forked child: the runtime was built by the parent."""
+        return self.pid == os.getpid()
+
+    def drop_after_fork(self) -> None:
+        """Forget the parent's connection pool without closing the parent's sockets."""
+        self.engine.dispose(close=False)
+
     def close(self) -> None:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings, app: Celery) -> Runtime:
-    from worker.celery_app import send_process  # not at import: celery_app imports the tasks
-
+def build_runtime(settings: Settings, send: Callable[[str], None]) -> Runtime:
     quiet_pydicom()
-    engine = make_engine(settings.database_url)
-    sessions = make_session_factory(engine)
-    store = ModelStore(settings.model_store_dir)
+    intake = open_intake(settings, send)
     return Runtime(
         settings=settings,
-        engine=engine,
-        sessions=sessions,
-        models=ModelCache(store, tf_threads=settings.tf_threads),
-        intake=Intake(settings, sessions, send=lambda job_id: send_process(app, job_id)),
+        engine=intake.engine,
+        sessions=intake.sessions,
+        models=ModelCache(ModelStore(settings.model_store_dir), tf_threads=settings.tf_threads),
+        intake=intake,
     )
-
-
-def runtime_for(app: Celery) -> Runtime:
-    """The runtime of this process, attached to the app; rebuilt after a fork."""
-    rt: Runtime | None = getattr(app, "_triage_runtime", None)
-    if rt is None or rt.pid != os.getpid():
-        if rt is not None:
-            rt.engine.dispose(close=False)  # drop the parent's pool without closing its sockets
-        rt = build_runtime(app.triage_settings, app)
-        app._triage_runtime = rt
-    return rt

@@ -10,35 +10,17 @@ import subprocess
 import sys
 import threading
 
-from worker.celery_app import RETRAIN_QUEUE, TRIAGE_QUEUE, create_app, send_process
-from worker.db.engine import make_engine, make_session_factory
-from worker.db.migrate import upgrade
-from worker.intake.admission import Intake
+from worker.client import TriageClient
+from worker.home import prepare
 from worker.intake.watcher import IntakeWatcher
-from worker.model_store import ModelStore
+from worker.queues import RETRAIN_QUEUE, TRIAGE_QUEUE
 from worker.settings import Settings
+from worker.store.versions import ModelStore
 
 log = logging.getLogger(__name__)
 
-
-def prepare(settings: Settings) -> None:
-    """Folders, schema and model store: everything a fresh home folder needs."""
-    settings.ensure_folders()
-    upgrade(settings.database_url)
-    store = ModelStore(settings.model_store_dir)
-    store.seed_from()
-    _record_seed(settings, store)
-
-
-def _record_seed(settings: Settings, store: ModelStore) -> None:
-    """A ``seed`` model event the first time a store has a current version (one count query after)."""
-    from worker.retrain.admin import record_seed
-
-    engine = make_engine(settings.database_url)
-    try:
-        record_seed(store, make_session_factory(engine))
-    finally:
-        engine.dispose()
+#: What ``celery -A`` loads: the worker app, built from the TRIAGE_* environment.
+CELERY_APP = "worker.celery_worker:app"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -60,7 +42,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def celery_commands(settings: Settings) -> dict[str, list[str]]:
-    celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
+    celery = [sys.executable, "-m", "celery", "-A", CELERY_APP]
     return {
         "worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
                             f"--concurrency={settings.worker_concurrency}",
@@ -75,6 +57,7 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
 
 
 def run_service(settings: Settings) -> int:
+    """Prepare the home, start worker and beat as children, watch the intake folder here."""
     prepare(settings)
     if ModelStore(settings.model_store_dir).current_version() is None:
         log.error("the model store %s has no current model: train one (melanoma-triage train) "
@@ -91,35 +74,41 @@ def run_service(settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-
-    app = create_app(settings)
-    engine = make_engine(settings.database_url)
-    intake = Intake(settings, make_session_factory(engine), lambda job_id: send_process(app, job_id))
-    watcher = IntakeWatcher(intake, settings.intake_dir, settings.stable_scans)
     print(f"melanoma-triage running. Drop images into {settings.intake_dir}\n"
           f"  reports:  {settings.reports_dir}\n  rejected: {settings.rejected_dir}\n"
           f"  model:    {ModelStore(settings.model_store_dir).current_version()}\n"
           "Press Ctrl-C to stop.", flush=True)
-    exit_code = 0
     try:
-        while not stop.is_set():
-            watcher.scan_once()
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping", name, proc.returncode)
-                    exit_code = 1
-                    stop.set()
-            stop.wait(settings.poll_interval_s)
+        with TriageClient(settings) as client:
+            watcher = IntakeWatcher(client.intake, settings.intake_dir, settings.stable_scans)
+            return _watch(watcher, children, stop, settings.poll_interval_s)
     finally:
-        for proc in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # Celery warm shutdown: finish the current task
-        for name, proc in children.items():
-            try:
-                proc.wait(timeout=settings.task_time_limit_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", name)
-                proc.kill()
-        engine.dispose()
+        _stop_children(children, settings.task_time_limit_s)
         print("melanoma-triage stopped.", flush=True)
+
+
+def _watch(watcher: IntakeWatcher, children: dict[str, subprocess.Popen],
+           stop: threading.Event, interval_s: float) -> int:
+    """Scan until stopped; a child that exits stops everything (exit code 1)."""
+    exit_code = 0
+    while not stop.is_set():
+        watcher.scan_once()
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                log.error("%s exited with code %s; stopping", name, proc.returncode)
+                exit_code = 1
+                stop.set()
+        stop.wait(interval_s)
     return exit_code
+
+
+def _stop_children(children: dict[str, subprocess.Popen], timeout_s: float) -> None:
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # Celery warm shutdown: finish the current task
+    for name, proc in children.items():
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", name)
+            proc.kill()

@@ -8,8 +8,9 @@ under one home folder. Production sets ``TRIAGE_DATABASE_URL`` (PostgreSQL) and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("triage-data")
@@ -50,6 +51,42 @@ class Settings(BaseSettings):
     retrain_min_positives: int = Field(10, ge=1, description="Melanomas (and others) the locked set needs")
     retrain_lock_ttl_s: int = Field(600, ge=10, description="Retraining lease; renewed every third of it")
     retrain_time_limit_s: int = Field(6 * 3600, ge=60, description="Hard time limit of the retrain task")
+    # Network doors (worker/doors): DICOM C-STORE receiver and HTTP API.
+    dicom_ae_title: str = Field("MELTRIAGE", min_length=1, max_length=16, description="Our AE title")
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM receiver listens on")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM receiver port (0: any free port)")
+    dicom_allowed_calling_aets: str = Field("", description="Comma-separated; empty: any")
+    dicom_max_associations: int = Field(10, ge=1, description="Concurrent associations the receiver accepts")
+    dicom_acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout")
+    dicom_dimse_timeout_s: float = Field(60.0, gt=0, description="Timeout waiting for a DIMSE message")
+    dicom_network_timeout_s: float = Field(120.0, gt=0, description="Idle association timeout")
+    min_free_disk_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Doors refuse images under this")
+    max_backlog: int = Field(10_000, ge=1, description="Waiting jobs; doors refuse more")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any free port)")
+    # Results delivery (worker/results): DICOM to PACS, FHIR to the EHR, webhook for urgent results.
+    dicom_destinations: str = Field("", description="C-STORE destinations, comma-separated AE@host:port")
+    dicom_return_to_caller: bool = Field(False, description="Also send results to the AE that sent the image")
+    dicom_known_peers: str = Field("", description="AE@host:port of callers results may return to")
+    dicom_image_sop_class: Literal["1.2.840.10008.5.1.4.1.1.77.1.7", "1.2.840.10008.5.1.4.1.1.77.1.4"] = Field(
+        "1.2.840.10008.5.1.4.1.1.77.1.7", description="SOP class of a JPEG/PNG input sent to PACS")
+    fhir_endpoint: str = Field("", description="FHIR server base URL the result bundle is POSTed to")
+    fhir_bearer_token: SecretStr = Field(SecretStr(""), description="Bearer token for the FHIR endpoint (optional)")
+    fhir_patient_id_system: str = Field("", description="Identifier system of patient ids in FHIR")
+    webhook_url: str = Field("", description="Urgent results are POSTed here as signed JSON")
+    webhook_secret: SecretStr = Field(SecretStr(""), description="HMAC-SHA256 key of the webhook signature")
+    delivery_attempts: int = Field(5, ge=1, description="Attempts per destination before a dead letter")
+    delivery_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt")
+    delivery_backoff_max_s: float = Field(60.0, ge=0, description="Longest retry delay")
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Network timeout of one delivery attempt")
+
+    @field_validator("dicom_destinations", "dicom_known_peers")
+    @classmethod
+    def _destinations(cls, v: str) -> str:
+        from worker.results.dicom_sender import parse_destinations
+
+        parse_destinations(v)  # fail at start-up, not at the first result
+        return v
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Single-image inference for the workers and ``predict``: calibrated probabilities + triage.
+"""Inference: calibrated probabilities + triage for one image (the workers and ``predict``), and
+the one batched loop that training, evaluation and retraining run over stacks of images.
 
 TensorFlow is imported lazily, inside functions: Celery forks its pool after importing
 this module, and forking after TensorFlow is initialised can hang (tensorflow#27074).
@@ -16,7 +17,7 @@ from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, PredictionResult
 from worker.classify.preprocess import to_model_input
 from worker.classify.triage import decide, named_class
 from worker.errors import ModelNotAvailable
-from worker.model_store import ModelStore
+from worker.store.versions import ModelStore
 
 _configured: dict[str, int] = {}
 _lock = threading.Lock()
@@ -42,11 +43,37 @@ def configure_tensorflow(threads: int = 1) -> None:
         _configured["threads"] = threads
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max()
+#: Images per forward pass in :func:`predict_logits` (bounded memory on CPU workers).
+BATCH_SIZE = 64
+
+
+def softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities ``softmax(logits / T)`` over the last axis: one row of logits
+    or a stack of them. Every calibrated probability in the product comes from here."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum()
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predict_logits(model: Any, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Logits ``(n, 9)`` for a stack of model-size images ``(n, size, size, 3)`` (0..255).
+
+    In batches through one traced function: ``model.predict`` has fixed per-call overhead
+    and a whole set at once would not fit in memory.
+    """
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out = [fn(tf.convert_to_tensor(images[i:i + batch_size], dtype=tf.float32)).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def predict_probabilities(model: Any, images: np.ndarray, temperature: float,
+                          batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Calibrated probabilities ``(n, 9)`` of a stack of model-size images."""
+    return softmax_t(predict_logits(model, images, batch_size), temperature)
 
 
 class Classifier:
@@ -86,12 +113,13 @@ class Classifier:
         return cls(model, metadata)
 
     def logits(self, rgb: np.ndarray) -> np.ndarray:
+        """One image of any size: the fast path the workers serve (no batching loop)."""
         x = to_model_input(rgb, self.input_size).astype(np.float32)[None]
         return self._logits(x).numpy()[0]
 
     def probabilities(self, rgb: np.ndarray) -> dict[str, float]:
         """Calibrated softmax(logits / T), keyed by class name in CLASS_NAMES order."""
-        p = _softmax(self.logits(rgb), self.metadata.temperature)
+        p = softmax_t(self.logits(rgb), self.metadata.temperature)
         return {name: float(v) for name, v in zip(CLASS_NAMES, p)}
 
     def predict(self, rgb: np.ndarray, usable_image: bool = True, path: str | None = None) -> PredictionResult:
@@ -102,5 +130,3 @@ class Classifier:
             predicted_class=named_class(probs, self.metadata.thresholds),
             triage=decide(probs, self.metadata.thresholds, usable_image),
         )
-
-

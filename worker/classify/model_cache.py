@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from worker.model_store import ModelStore
+from worker.store.versions import ModelStore
 
 log = logging.getLogger(__name__)
 

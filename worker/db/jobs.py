@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from schemas import CLASS_NAMES, ImageMetadata, JobState, PredictionResult
+from schemas import CLASS_NAMES, ImageMetadata, JobState, PredictionResult, RejectionReason
 from worker.db.models import Job, Prediction, Report, Submission, utcnow
 
 _ACTIVE = (JobState.RECEIVED.value, JobState.QUEUED.value, JobState.RUNNING.value)
@@ -56,7 +56,7 @@ def start_attempt(session: Session, job_id: str, max_attempts: int) -> WorkItem 
     if job is None or job.state not in _ACTIVE:
         return None
     if job.attempts >= max_attempts:
-        _finish(job, JobState.FAILED, "attempts_exhausted",
+        _finish(job, JobState.FAILED, RejectionReason.ATTEMPTS_EXHAUSTED,
                 f"gave up after {job.attempts} attempts (worker crash or timeout each time)")
         return None
     job.attempts += 1
@@ -82,20 +82,21 @@ def release(session: Session, job_id: str) -> None:
     )
 
 
-def _finish(job: Job, state: JobState, code: str | None = None, reason: str | None = None) -> None:
+def _finish(job: Job, state: JobState, code: RejectionReason | None = None,
+            reason: str | None = None) -> None:
     job.state = state.value
-    job.error_code = code
+    job.error_code = RejectionReason(code).value if code else None
     job.error = reason
     job.finished_at = job.updated_at = utcnow()
 
 
-def reject(session: Session, job_id: str, code: str, reason: str) -> None:
+def reject(session: Session, job_id: str, code: RejectionReason, reason: str) -> None:
     job = session.get(Job, job_id)
     if job is not None and job.state in _ACTIVE:
         _finish(job, JobState.REJECTED, code, reason)
 
 
-def fail(session: Session, job_id: str, code: str, reason: str) -> None:
+def fail(session: Session, job_id: str, code: RejectionReason, reason: str) -> None:
     job = session.get(Job, job_id)
     if job is not None and job.state in _ACTIVE:
         _finish(job, JobState.FAILED, code, reason)

@@ -149,7 +149,7 @@ class ModelEvent(Base):
     __tablename__ = "model_events"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    action: Mapped[str] = mapped_column(String(16))  # seed | promote | rollback
+    action: Mapped[str] = mapped_column(String(16))  # a schemas.ModelAction value
     version: Mapped[str] = mapped_column(String(64))
     previous_version: Mapped[str | None] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(128))
@@ -165,7 +165,7 @@ class GroundTruth(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
     diagnosis: Mapped[str] = mapped_column(String(32))
-    source: Mapped[str] = mapped_column(String(16))  # histopathology | clinical | consensus
+    source: Mapped[str] = mapped_column(String(16))  # a schemas.TruthSource value
     recorded_by: Mapped[str] = mapped_column(String(128))
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -177,7 +177,7 @@ class RetrainRun(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     trigger: Mapped[str] = mapped_column(String(16))  # schedule | manual
-    state: Mapped[str] = mapped_column(String(16), index=True)  # running | promoted | kept | failed
+    state: Mapped[str] = mapped_column(String(16), index=True)  # a schemas.RetrainState value
     champion_version: Mapped[str | None] = mapped_column(String(64))
     challenger_version: Mapped[str | None] = mapped_column(String(64))
     decision: Mapped[dict] = mapped_column(default=dict)
@@ -187,7 +187,7 @@ class RetrainRun(Base):
 
 
 class Lock(Base):
-    """A named lease held in the database, safe across machines (one retraining at a time)."""
+    """A named lease held in the database, safe across machines (see worker.db.lease)."""
 
     __tablename__ = "locks"
 

@@ -18,51 +18,18 @@ JPEG/PNG decisions:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas import ImageMetadata
+from schemas import ImageMetadata, RejectionReason
 from worker.errors import InputRejected
-
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DICOM_MAGIC = b"DICM"
-DICOM_MAGIC_OFFSET = 128
-
-#: Bytes needed by ``sniff_format`` to tell every supported format apart.
-SNIFF_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
+from worker.imaging.formats import SNIFF_BYTES, sniff_format
+from worker.imaging.image import DecodedImage
+from worker.imaging.limits import DecodeLimits, check_byte_size, check_dimensions
 
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    max_bytes: int = 200 * 1024 * 1024
-    max_pixels: int = 50_000_000  # decompression-bomb guard, checked on the header
-    min_side: int = 32
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    rgb: np.ndarray  # HxWx3 uint8, RGB, EXIF orientation applied
-    metadata: ImageMetadata  # from DICOM tags; empty ImageMetadata() for JPEG/PNG
-    source_format: str  # "jpeg" | "png" | "dicom"
-    transfer_syntax: str | None = None  # DICOM transfer syntax UID
-    photometric: str | None = None  # DICOM PhotometricInterpretation as stored
-
-
-def sniff_format(head: bytes) -> str | None:
-    """"jpeg", "png", "dicom" or None, from the first ``SNIFF_BYTES`` bytes."""
-    if head.startswith(JPEG_MAGIC):
-        return "jpeg"
-    if head.startswith(PNG_MAGIC):
-        return "png"
-    if head[DICOM_MAGIC_OFFSET:SNIFF_BYTES] == DICOM_MAGIC:
-        return "dicom"
-    return None
 
 
 def decode_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
@@ -70,22 +37,25 @@ def decode_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) 
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            _check_byte_size(size, limits)
+            check_byte_size(size, limits)
             data = fh.read(limits.max_bytes + 1)
     except OSError as exc:
         # The path may carry patient identifiers: report only the OS reason.
         reason = exc.strerror or type(exc).__name__
-        raise InputRejected("unreadable", f"the file could not be read ({reason})") from None
+        raise InputRejected(
+            RejectionReason.UNREADABLE, f"the file could not be read ({reason})"
+        ) from None
     return decode_bytes(data, limits)
 
 
 def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode a JPEG, PNG or DICOM image held in memory."""
-    _check_byte_size(len(data), limits)
+    check_byte_size(len(data), limits)
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt is None:
         raise InputRejected(
-            "not_an_image", "the file is not a JPEG, PNG or DICOM image (unknown file signature)"
+            RejectionReason.NOT_AN_IMAGE,
+            "the file is not a JPEG, PNG or DICOM image (unknown file signature)",
         )
     if fmt == "dicom":
         from worker.imaging.dicom import decode_dicom  # pydicom is only needed here
@@ -98,49 +68,25 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
     return decoded
 
 
-def check_dimensions(rows: int, cols: int, limits: DecodeLimits) -> None:
-    """Reject bombs and thumbnails from the header's dimensions alone."""
-    if rows <= 0 or cols <= 0:
-        raise InputRejected("truncated", f"the image header gives an empty size ({cols} x {rows})")
-    if rows * cols > limits.max_pixels:
-        raise InputRejected(
-            "decompression_bomb",
-            f"the image claims {cols} x {rows} pixels, more than the limit of "
-            f"{limits.max_pixels:,} pixels",
-        )
-    if min(rows, cols) < limits.min_side:
-        raise InputRejected(
-            "too_small",
-            f"the image is {cols} x {rows} pixels; both sides must be at least {limits.min_side}",
-        )
-
-
-def _check_byte_size(size: int, limits: DecodeLimits) -> None:
-    if size == 0:
-        raise InputRejected("empty_file", "the file is empty (0 bytes)")
-    if size > limits.max_bytes:
-        raise InputRejected(
-            "too_large_file",
-            f"the file is {size:,} bytes, more than the limit of {limits.max_bytes:,} bytes",
-        )
-
-
 def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits) -> np.ndarray:
     name = fmt.upper()
     try:
         img = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
     except Image.DecompressionBombError:
         raise InputRejected(
-            "decompression_bomb", f"the {name} header claims an enormous image"
+            RejectionReason.DECOMPRESSION_BOMB, f"the {name} header claims an enormous image"
         ) from None
     except UnidentifiedImageError:
         raise InputRejected(
-            "not_an_image", f"the file has a {name} signature but is not a readable {name}"
+            RejectionReason.NOT_AN_IMAGE,
+            f"the file has a {name} signature but is not a readable {name}",
         ) from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on broken headers
-        raise InputRejected("truncated", f"the {name} header is broken ({_short(exc)})") from None
+        raise InputRejected(
+            RejectionReason.TRUNCATED, f"the {name} header is broken ({_short(exc)})"
+        ) from None
     with img:
         width, height = img.size
         check_dimensions(height, width, limits)  # before any pixel is decoded
@@ -148,13 +94,14 @@ def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits) -> np.ndarray:
             img.load()
         except Image.DecompressionBombError:
             raise InputRejected(
-                "decompression_bomb", f"the {name} image is too large to decode"
+                RejectionReason.DECOMPRESSION_BOMB, f"the {name} image is too large to decode"
             ) from None
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - any codec failure means broken data
             raise InputRejected(
-                "truncated", f"the {name} data is truncated or corrupt ({_short(exc)})"
+                RejectionReason.TRUNCATED,
+                f"the {name} data is truncated or corrupt ({_short(exc)})",
             ) from None
         img = _apply_orientation(img)
         return _to_rgb_array(img)
@@ -175,7 +122,9 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         grey = np.clip(arr >> 8, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
     if mode == "F":
-        raise InputRejected("not_an_image", "floating-point images are not photographs")
+        raise InputRejected(
+            RejectionReason.NOT_AN_IMAGE, "floating-point images are not photographs"
+        )
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA")
     if img.mode != "RGB":

@@ -28,9 +28,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import convert_color_space, get_decoder
 
-from schemas import ImageMetadata
+from schemas import ImageMetadata, Laterality, RejectionReason
 from worker.errors import InputRejected
-from worker.imaging.decode import DecodedImage, DecodeLimits, check_dimensions
+from worker.imaging.image import DecodedImage
+from worker.imaging.limits import DecodeLimits, check_dimensions
 
 DERMOSCOPY_SOP = "1.2.840.10008.5.1.4.1.1.77.1.7"
 VL_PHOTOGRAPHIC_SOP = "1.2.840.10008.5.1.4.1.1.77.1.4"
@@ -94,10 +95,12 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     try:
         ds = dcmread(BytesIO(data), force=False)
     except InvalidDicomError as exc:
-        raise InputRejected("dicom_invalid", f"the DICOM file cannot be parsed ({exc})") from None
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID, f"the DICOM file cannot be parsed ({exc})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
         raise InputRejected(
-            "dicom_invalid", f"the DICOM file cannot be parsed ({type(exc).__name__})"
+            RejectionReason.DICOM_INVALID, f"the DICOM file cannot be parsed ({type(exc).__name__})"
         ) from None
     try:
         photometric = _validate(ds, tsyntax, limits)
@@ -107,7 +110,7 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         raise
     except Exception as exc:  # noqa: BLE001 - lazily parsed elements fail late
         raise InputRejected(
-            "dicom_invalid", f"the DICOM data set is malformed ({type(exc).__name__})"
+            RejectionReason.DICOM_INVALID, f"the DICOM data set is malformed ({type(exc).__name__})"
         ) from None
     return DecodedImage(
         rgb=rgb,
@@ -129,17 +132,21 @@ def _transfer_syntax(data: bytes) -> uid.UID:
         tsyntax = meta.get("TransferSyntaxUID")
     except Exception as exc:  # noqa: BLE001
         raise InputRejected(
-            "dicom_invalid",
+            RejectionReason.DICOM_INVALID,
             f"the DICOM file meta information cannot be parsed ({type(exc).__name__})",
         ) from None
     if not tsyntax:
-        raise InputRejected("dicom_invalid", "the DICOM file meta has no Transfer Syntax UID")
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID, "the DICOM file meta has no Transfer Syntax UID"
+        )
     tsyntax = uid.UID(str(tsyntax).strip("\x00 "))
     if not tsyntax.is_valid:
-        raise InputRejected("dicom_invalid", "the DICOM Transfer Syntax UID is not a valid UID")
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID, "the DICOM Transfer Syntax UID is not a valid UID"
+        )
     if tsyntax not in ACCEPTED_TRANSFER_SYNTAXES:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"DICOM transfer syntax {tsyntax} ({tsyntax.name}) is not supported; send "
             "uncompressed, JPEG baseline, JPEG-LS, JPEG 2000 or RLE",
         )
@@ -151,28 +158,32 @@ def _validate(ds: Dataset, tsyntax: uid.UID, limits: DecodeLimits) -> str:
     sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
     sop_class = sop_class.strip()
     if not sop_class:
-        raise InputRejected("dicom_invalid", "the DICOM file has no SOP Class UID")
+        raise InputRejected(RejectionReason.DICOM_INVALID, "the DICOM file has no SOP Class UID")
     if not uid.UID(sop_class).is_valid:
-        raise InputRejected("dicom_invalid", "the DICOM SOP Class UID is not a valid UID")
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID, "the DICOM SOP Class UID is not a valid UID"
+        )
     if sop_class not in ACCEPTED_SOP_CLASSES:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"DICOM SOP class {sop_class} ({uid.UID(sop_class).name}) is not a photograph; "
-            "accepted: "
-            + ", ".join(ACCEPTED_SOP_CLASSES.values()),
+            "accepted: " + ", ".join(ACCEPTED_SOP_CLASSES.values()),
         )
 
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise InputRejected(
-                "dicom_unsupported", "floating-point DICOM pixel data is not a photograph"
+                RejectionReason.DICOM_UNSUPPORTED,
+                "floating-point DICOM pixel data is not a photograph",
             )
-        raise InputRejected("dicom_no_pixel_data", "the DICOM file has no Pixel Data element")
+        raise InputRejected(
+            RejectionReason.DICOM_NO_PIXEL_DATA, "the DICOM file has no Pixel Data element"
+        )
 
     frames = _int(ds, "NumberOfFrames", 1)
     if frames != 1:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"multi-frame DICOM ({frames} frames) is not supported; send one photograph per file",
         )
 
@@ -182,30 +193,34 @@ def _validate(ds: Dataset, tsyntax: uid.UID, limits: DecodeLimits) -> str:
     if samples == 1 or photometric.startswith("MONOCHROME") or photometric == "PALETTE COLOR":
         kind = "palette-colour" if photometric == "PALETTE COLOR" else "monochrome"
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"{bits}-bit {kind} DICOM is not a dermoscopy photograph "
             "(colour photographs have 3 samples per pixel)",
         )
     if samples != 3:
         raise InputRejected(
-            "dicom_unsupported", f"DICOM with {samples} samples per pixel is not supported (need 3)"
+            RejectionReason.DICOM_UNSUPPORTED,
+            f"DICOM with {samples} samples per pixel is not supported (need 3)",
         )
     if bits != 8:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"{bits}-bit colour DICOM is not supported (need 8 bits per sample)",
         )
     if _int(ds, "PixelRepresentation", 0) != 0:
-        raise InputRejected("dicom_unsupported", "signed colour pixel data is not supported")
+        raise InputRejected(
+            RejectionReason.DICOM_UNSUPPORTED, "signed colour pixel data is not supported"
+        )
     if photometric not in ACCEPTED_PHOTOMETRIC:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"DICOM photometric interpretation {photometric or '(missing)'} is not supported; "
             "accepted: " + ", ".join(sorted(ACCEPTED_PHOTOMETRIC)),
         )
     if photometric in ("YBR_RCT", "YBR_ICT") and tsyntax not in J2K_SYNTAXES:
         raise InputRejected(
-            "dicom_unsupported", f"photometric interpretation {photometric} requires JPEG 2000"
+            RejectionReason.DICOM_UNSUPPORTED,
+            f"photometric interpretation {photometric} requires JPEG 2000",
         )
 
     check_dimensions(_int(ds, "Rows", 0), _int(ds, "Columns", 0), limits)
@@ -216,10 +231,12 @@ def _pixels(ds: Dataset, tsyntax: uid.UID, photometric: str) -> np.ndarray:
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:
-        raise InputRejected("dicom_unsupported", f"no pixel decoder for {tsyntax.name}") from None
+        raise InputRejected(
+            RejectionReason.DICOM_UNSUPPORTED, f"no pixel decoder for {tsyntax.name}"
+        ) from None
     if not decoder.is_available:
         raise InputRejected(
-            "dicom_unsupported",
+            RejectionReason.DICOM_UNSUPPORTED,
             f"no decoder for {tsyntax.name} is installed on this worker "
             f"(missing: {'; '.join(decoder.missing_dependencies)})",
         )
@@ -232,7 +249,8 @@ def _pixels(ds: Dataset, tsyntax: uid.UID, photometric: str) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any codec failure means broken pixel data
         raise InputRejected(
-            "truncated", f"the DICOM pixel data is truncated or corrupt ({_short(exc)})"
+            RejectionReason.TRUNCATED,
+            f"the DICOM pixel data is truncated or corrupt ({_short(exc)})",
         ) from None
 
     out_pi = str(meta.get("photometric_interpretation", photometric))
@@ -240,12 +258,13 @@ def _pixels(ds: Dataset, tsyntax: uid.UID, photometric: str) -> np.ndarray:
         arr = convert_color_space(arr, "YBR_FULL", "RGB")
     elif out_pi != "RGB":
         raise InputRejected(
-            "dicom_unsupported", f"the decoder returned {out_pi} pixels instead of RGB"
+            RejectionReason.DICOM_UNSUPPORTED,
+            f"the decoder returned {out_pi} pixels instead of RGB",
         )
     rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     if arr.shape != (rows, cols, 3) or arr.dtype != np.uint8:
         raise InputRejected(
-            "truncated",
+            RejectionReason.TRUNCATED,
             f"the DICOM pixel data decoded to {arr.shape} {arr.dtype}, "
             f"expected ({rows}, {cols}, 3) uint8",
         )
@@ -255,7 +274,7 @@ def _pixels(ds: Dataset, tsyntax: uid.UID, photometric: str) -> np.ndarray:
 # --------------------------------------------------------------------------- metadata
 
 _DATE_SOURCES = ("StudyDate", "AcquisitionDateTime", "AcquisitionDate", "ContentDate")
-_LATERALITIES = frozenset({"L", "R", "B", "U"})
+_LATERALITIES = frozenset(lat.value for lat in Laterality)
 
 
 _TEXT_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber", "BodyPartExamined")
@@ -355,7 +374,9 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise InputRejected("dicom_invalid", f"DICOM element {keyword} is not a number") from None
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID, f"DICOM element {keyword} is not a number"
+        ) from None
 
 
 def _short(exc: BaseException) -> str:

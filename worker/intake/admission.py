@@ -12,17 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas import ImageMetadata, JobState, SourceDoor
+from schemas import ImageMetadata, JobState, RejectionReason, SourceDoor
 from worker.db import jobs
+from worker.db.engine import make_engine, make_session_factory
 from worker.db.models import Image, Job, Submission
 from worker.errors import InputRejected
-from worker.imaging.decode import sniff_format
+from worker.imaging.formats import sniff_format
 from worker.intake import archive
-from worker.intake.rejections import write_rejection
+from worker.intake.rejections import record_rejection
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,25 +40,35 @@ class Admission:
 def precheck(data: bytes, max_bytes: int) -> str:
     """Cheap checks before anything is stored; returns the sniffed format."""
     if not data:
-        raise InputRejected("empty_file", "the file is empty (0 bytes)")
+        raise InputRejected(RejectionReason.EMPTY_FILE, "the file is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise InputRejected("too_large_file", f"the file is {len(data)} bytes; the limit is {max_bytes}")
+        raise InputRejected(RejectionReason.TOO_LARGE_FILE,
+                            f"the file is {len(data)} bytes; the limit is {max_bytes}")
     fmt = sniff_format(data[:512])
     if fmt is None:
-        raise InputRejected("not_an_image", "not a JPEG, PNG or DICOM file (unrecognised content)")
+        raise InputRejected(RejectionReason.NOT_AN_IMAGE,
+                            "not a JPEG, PNG or DICOM file (unrecognised content)")
     return fmt
 
 
 class Intake:
+    """Admits images from every door; ``send`` queues a job (the broker is the caller's business)."""
+
     def __init__(
         self,
         settings: Settings,
         session_factory: sessionmaker[Session],
         send: Callable[[str], None],
+        engine: Engine | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = session_factory
         self.send = send
+        self.engine = engine  # set when this intake owns it: close() disposes it
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
 
     def admit_bytes(
         self,
@@ -81,30 +92,27 @@ class Intake:
         log.info("job %s admitted via %s: %s%s", admission.job_id, door.value, admission.state.value,
                  " (duplicate)" if admission.duplicate else "")
         if admission.state == JobState.REJECTED:
-            write_rejection(self.settings.rejected_dir, admission.job_id, original_name,
-                            code=self._code(admission, rejection), reason=admission.reason or "",
-                            data=data, sha256=sha)
+            code = rejection.code if rejection else RejectionReason.DUPLICATE_OF_REJECTED
+            record_rejection(self.sessions, self.settings.rejected_dir, admission.job_id, code,
+                             admission.reason or "", data=data, original_name=original_name)
         elif not admission.duplicate:
             self.enqueue(admission.job_id)
         return admission
-
-    @staticmethod
-    def _code(admission: Admission, rejection: InputRejected | None) -> str:
-        return rejection.code if rejection else "duplicate_of_rejected"
 
     def admit_unreadable(self, source: Path, door: SourceDoor, original_name: str | None,
                          reason: str) -> Admission:
         """A file we could not even read: record it and move it to rejected/."""
         with self.sessions.begin() as s:
             image = Image(sha256=None, archive_path=None, size_bytes=None, source_door=door.value)
-            job = Job(image=image, state=JobState.REJECTED.value, error_code="unreadable",
-                      error=reason)
+            job = Job(image=image, state=JobState.REJECTED.value,
+                      error_code=RejectionReason.UNREADABLE.value, error=reason)
             s.add_all([image, job])
             s.flush()
             s.add(Submission(job_id=job.id, door=door.value, original_name=original_name))
             job_id = job.id
-        write_rejection(self.settings.rejected_dir, job_id, original_name, "unreadable", reason,
-                        source=source)
+        record_rejection(self.sessions, self.settings.rejected_dir, job_id,
+                         RejectionReason.UNREADABLE, reason, source=source,
+                         original_name=original_name)
         return Admission(job_id, JobState.REJECTED, reason=reason)
 
     def _record(self, sha, path, size, door, metadata, original_name, rejection) -> Admission:
@@ -121,7 +129,7 @@ class Intake:
                           caller_metadata=caller)
             state = JobState.REJECTED if rejection else JobState.RECEIVED
             job = Job(image=image, state=state.value,
-                      error_code=rejection.code if rejection else None,
+                      error_code=rejection.code.value if rejection else None,
                       error=rejection.reason if rejection else None)
             s.add_all([image, job])
             s.flush()
@@ -142,3 +150,10 @@ class Intake:
                 jobs.unmark_queued(s, job_id)
             return False
         return True
+
+
+def open_intake(settings: Settings, send: Callable[[str], None]) -> Intake:
+    """The intake every process wires the same way (worker, watcher, hospital client), on an
+    engine of its own that ``intake.close()`` disposes."""
+    engine = make_engine(settings.database_url)
+    return Intake(settings, make_session_factory(engine), send, engine=engine)

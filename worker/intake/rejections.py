@@ -1,4 +1,9 @@
-"""The rejected/ folder: the rejected file itself plus a JSON sidecar that says why."""
+"""Recording a rejected or failed job: the database row, then the rejected/ folder.
+
+rejected/ holds the file itself plus a JSON sidecar that says why, so whoever dropped
+the file sees the answer next to it. Every rejection and failure, at the door or in the
+worker, is recorded through :func:`record_rejection`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,63 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from schemas import JobState, RejectionReason
+from worker.db import jobs
+from worker.db.models import Job
 from worker.durable import write_atomic
+from worker.intake import archive
 from worker.intake.names import safe_filename
 
 
-def write_rejection(
+def record_rejection(
+    sessions: sessionmaker[Session],
+    rejected_dir: Path,
+    job_id: str,
+    code: RejectionReason,
+    reason: str,
+    *,
+    state: JobState = JobState.REJECTED,
+    data: bytes | None = None,
+    source: Path | None = None,
+    original_name: str | None | EllipsisType = ...,
+) -> Path:
+    """Finish the job as rejected (or failed) and put the file and its sidecar in rejected/.
+
+    A job that is already finished keeps its state (the door records a rejected job in
+    its admission transaction; a redelivered task finds the job done). The file is
+    ``data``, or ``source`` moved, or else the archived copy. ``original_name`` is the name
+    this arrival came with (a duplicate's own); by default the job's first arrival's.
+    """
+    code = RejectionReason(code)
+    with sessions.begin() as s:
+        if state == JobState.FAILED:
+            jobs.fail(s, job_id, code, reason)
+        else:
+            jobs.reject(s, job_id, code, reason)
+        image = s.get(Job, job_id).image
+        sha256, archived = image.sha256, image.archive_path
+        if original_name is ...:
+            original_name = jobs.original_name(s, job_id)
+    if data is None and source is None and archived:
+        data = archive.load(archived)
+    return _write_to_folder(rejected_dir, job_id, original_name, code, reason, data=data,
+                            source=source, sha256=sha256, state=state.value)
+
+
+def _write_to_folder(
     rejected_dir: Path,
     job_id: str,
     original_name: str | None,
-    code: str,
+    code: RejectionReason,
     reason: str,
     data: bytes | None = None,
     source: Path | None = None,
     sha256: str | None = None,
-    state: str = "rejected",
+    state: str = JobState.REJECTED.value,
 ) -> Path:
     """Put the file (bytes, or moved from ``source``) into rejected/ with ``<name>.json`` beside it."""
     rejected_dir.mkdir(parents=True, exist_ok=True)
@@ -32,7 +79,7 @@ def write_rejection(
     sidecar = {
         "job_id": job_id,
         "state": state,
-        "code": code,
+        "code": RejectionReason(code).value,
         "reason": reason,
         "original_name": original_name,
         "sha256": sha256,

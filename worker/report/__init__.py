@@ -1,5 +1,10 @@
-"""One-page PDF triage reports (plain functions; no Celery)."""
+"""One-page PDF triage reports (plain functions; no Celery).
 
-from worker.report.pdf import ReportContent, render_report, report_filename
+``content`` is the record a report shows, ``layout`` draws it (reportlab), ``pdf``
+names and writes the file.
+"""
+
+from worker.report.content import ReportContent
+from worker.report.pdf import render_report, report_filename
 
 __all__ = ["ReportContent", "render_report", "report_filename"]

@@ -11,7 +11,6 @@ import functools
 import io
 import pathlib
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 from PIL import Image as PILImage
@@ -34,12 +33,10 @@ from reportlab.platypus import (
 )
 
 import reportlab
-from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel
+from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, Laterality, TriageLevel
 from schemas.classes import DISPLAY_NAMES
 from worker.classify.triage import percent
-
-if TYPE_CHECKING:
-    from worker.report.pdf import ReportContent
+from worker.report.content import ReportContent
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
 NOT_RECORDED = "not recorded"
@@ -77,8 +74,6 @@ BANNER = {
     TriageLevel.ROUTINE: (colors.HexColor("#2e7d32"), colors.white),
     TriageLevel.INDETERMINATE: (colors.HexColor("#616161"), colors.white),
 }
-
-LATERALITY = {"L": "Left", "R": "Right", "B": "Both sides", "U": "Unpaired"}
 
 #: Free-text values longer than this are cut (the frame shrinks anyway; this keeps it legible).
 MAX_FIELD_CHARS = 200
@@ -159,6 +154,17 @@ def format_person_name(pn: str | None) -> str | None:
     return groups[0] if len(groups) == 1 else f"{groups[0]} ({' / '.join(groups[1:])})"
 
 
+def _laterality_text(code: str | None) -> str | None:
+    """'Left (L)': the words and the DICOM code; an unknown code is printed as it is."""
+    if not code:
+        return None
+    try:
+        wording = Laterality(code).wording
+    except ValueError:
+        wording = code
+    return f"{wording} ({code})"
+
+
 def _utc(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -199,8 +205,7 @@ def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float
         name_cell.append(
             Paragraph("Some characters of the name cannot be shown in this font; identify the patient by ID.", st["small"])
         )
-    lat = md.laterality
-    laterality = f"{LATERALITY.get(lat, lat)} ({lat})" if lat else None
+    laterality = _laterality_text(md.laterality)
     rows = [
         ("Patient name", name_cell),
         ("Patient ID", Paragraph(_text(md.patient_id), st["value_bold"])),

@@ -1,23 +1,19 @@
-"""The one-page PDF triage report: content record, file naming and atomic writing.
+"""The one-page PDF triage report as a file: its name and its atomic writing.
 
-Layout lives in :mod:`worker.report.layout`; this module owns the contract that the
-pipeline codes against and the side effect (the file).
+The content record lives in :mod:`worker.report.content` and the drawing in
+:mod:`worker.report.layout`; this module owns the side effect (the file).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import pathlib
 import re
 import unicodedata
-from dataclasses import dataclass
-from datetime import datetime
 
-import numpy as np
-
-from schemas import CLASS_NAMES, ImageMetadata, TriageLevel, TriageThresholds
+from schemas import ImageMetadata
 from worker.durable import write_atomic
+from worker.report.content import ReportContent
 
 #: Longest identifier part and longest job-id part of a report file name.
 MAX_NAME_PART = 64
@@ -25,49 +21,6 @@ MAX_NAME_PART = 64
 NO_ID = "NOID"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True, eq=False)
-class ReportContent:
-    """Everything one report shows. Validated on construction so layout never guesses.
-
-    ``eq=False`` because the image array has no meaningful ``==``.
-    """
-
-    job_id: str
-    metadata: ImageMetadata
-    image_rgb: np.ndarray
-    probabilities: dict[str, float]
-    triage: TriageLevel
-    triage_explanation: str
-    thresholds: TriageThresholds
-    model_version: str
-    image_sha256: str
-    received_at: datetime
-    reported_at: datetime
-    quality_note: str | None = None
-
-    def __post_init__(self) -> None:
-        img = self.image_rgb
-        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"image_rgb must be an HxWx3 array, got {getattr(img, 'shape', type(img))}")
-        if img.dtype != np.uint8:
-            raise ValueError(f"image_rgb must be uint8, got {img.dtype}")
-        if img.shape[0] == 0 or img.shape[1] == 0:
-            raise ValueError("image_rgb is empty")
-        missing = set(CLASS_NAMES) - set(self.probabilities)
-        extra = set(self.probabilities) - set(CLASS_NAMES)
-        if missing or extra:
-            raise ValueError(f"probabilities keys differ from CLASS_NAMES: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        for name, p in self.probabilities.items():
-            if not (isinstance(p, (int, float)) and math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6):
-                raise ValueError(f"probability of {name} must be a finite number in [0, 1], got {p!r}")
-        if not isinstance(self.triage, TriageLevel):
-            raise ValueError(f"triage must be a TriageLevel, got {self.triage!r}")
-        for field in ("received_at", "reported_at"):
-            ts = getattr(self, field)
-            if ts.tzinfo is None or ts.utcoffset() is None:
-                raise ValueError(f"{field} must be timezone-aware (UTC)")
 
 
 def _safe_part(value: str | None) -> str:

@@ -19,14 +19,13 @@ A check that cannot be computed fails: the champion stays unless the evidence is
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from worker.training.metrics import binary_sens_spec, expected_calibration_error
+from worker.training.metrics import binary_sens_spec, expected_calibration_error, finite_or_none
 
 #: Non-inferiority margin of the melanoma AUC (absolute AUC units).
 AUC_MARGIN = 0.02
@@ -59,13 +58,6 @@ class ModelScores:
     n_nine_class: int
 
 
-def _clean(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def score(version: str, probs: np.ndarray, melanoma: np.ndarray, labels: np.ndarray,
           urgent_threshold: float, mel_index: int) -> ModelScores:
     """``probs`` calibrated (n, 9); ``labels`` -1 where only the melanoma axis is known."""
@@ -77,9 +69,10 @@ def score(version: str, probs: np.ndarray, melanoma: np.ndarray, labels: np.ndar
     sens, spec = binary_sens_spec(y, p_mel, urgent_threshold) if y.size else (None, None)
     known = labels >= 0
     ece = expected_calibration_error(probs[known], labels[known]) if known.any() else None
-    return ModelScores(version=version, n=int(y.size), n_positive=int(y.sum()), auc=_clean(auc),
-                       threshold=float(urgent_threshold), sensitivity=_clean(sens),
-                       specificity=_clean(spec), ece=_clean(ece), n_nine_class=int(known.sum()))
+    return ModelScores(version=version, n=int(y.size), n_positive=int(y.sum()),
+                       auc=finite_or_none(auc), threshold=float(urgent_threshold),
+                       sensitivity=finite_or_none(sens), specificity=finite_or_none(spec),
+                       ece=finite_or_none(ece), n_nine_class=int(known.sum()))
 
 
 def _auc(y: np.ndarray, scores: np.ndarray) -> float:

@@ -19,12 +19,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel
+from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageLevel, TruthSource
 from worker.db.models import GroundTruth, Image, Job, Prediction
 from worker.errors import TriageError
 
-#: Sources in order of authority (first wins).
-SOURCES: tuple[str, ...] = ("histopathology", "consensus", "clinical")
+#: Sources in order of authority (first wins): the order of the TruthSource enum.
+SOURCES: tuple[TruthSource, ...] = tuple(TruthSource)
 #: CSV columns that can name the image, tried in this order.
 REFERENCE_COLUMNS: tuple[str, ...] = ("job_id", "image_id", "sha256", "accession_number", "ref")
 
@@ -43,11 +43,13 @@ def check_diagnosis(diagnosis: str) -> str:
     return d
 
 
-def check_source(source: str) -> str:
-    s = source.strip().lower()
-    if s not in SOURCES:
-        raise LabelError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
-    return s
+def check_source(source: str | TruthSource) -> TruthSource:
+    """The source named by ``source`` (any case), or a LabelError that lists the valid ones."""
+    try:
+        return TruthSource(str(getattr(source, "value", source)).strip().lower())
+    except ValueError:
+        raise LabelError(f"unknown source {source!r}; expected one of "
+                         f"{', '.join(s.value for s in SOURCES)}") from None
 
 
 def resolve_image(session: Session, ref: str, column: str | None = None) -> str:
@@ -74,10 +76,10 @@ def resolve_image(session: Session, ref: str, column: str | None = None) -> str:
     raise LabelError("no job or image matches the given reference")
 
 
-def add_label(session: Session, ref: str, diagnosis: str, source: str, recorded_by: str,
-              column: str | None = None) -> tuple[str, bool]:
+def add_label(session: Session, ref: str, diagnosis: str, source: str | TruthSource,
+              recorded_by: str, column: str | None = None) -> tuple[str, bool]:
     """(image id, added?) — False when the same label was already recorded."""
-    diagnosis, source = check_diagnosis(diagnosis), check_source(source)
+    diagnosis, source = check_diagnosis(diagnosis), check_source(source).value
     image_id = resolve_image(session, ref, column)
     exists = session.scalar(select(GroundTruth.id).where(
         GroundTruth.image_id == image_id, GroundTruth.diagnosis == diagnosis,
@@ -101,7 +103,7 @@ class ImportReport:
 
 
 def import_csv(sessions: sessionmaker[Session], path: Path, recorded_by: str,
-               default_source: str | None = None) -> ImportReport:
+               default_source: str | TruthSource | None = None) -> ImportReport:
     """A batch from the pathology system: one reference column (see REFERENCE_COLUMNS),
     ``diagnosis`` and ``source`` (or ``default_source``). Good rows are stored even when
     others fail; each row is its own transaction."""
@@ -134,7 +136,7 @@ def import_csv(sessions: sessionmaker[Session], path: Path, recorded_by: str,
 
 def effective_truth(session: Session) -> dict[str, tuple[str, str]]:
     """image id -> (diagnosis, source) under the precedence rule of this module."""
-    rank = {s: i for i, s in enumerate(SOURCES)}
+    rank = {s.value: i for i, s in enumerate(SOURCES)}
     best: dict[str, tuple[int, object, str, str]] = {}
     for gt in session.scalars(select(GroundTruth)):
         key = (rank.get(gt.source, len(SOURCES)), -gt.recorded_at.timestamp())

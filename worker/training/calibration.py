@@ -31,23 +31,16 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, TriageThresholds
+from schemas import CLASS_NAMES, MELANOMA_INDEX, SOON_CLASSES, TriageThresholds
+from worker.classify.inference import softmax_t
 from worker.training.metrics import binary_sens_spec, expected_calibration_error
 
-MEL = CLASS_NAMES.index(MELANOMA)
 SOON = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
 URGENT_SENSITIVITY = 0.97  # validation target: the required 0.95 plus a margin
 SOON_SENSITIVITY = 0.90
 MIN_CONFIDENCE_CAP = 0.6
 PRIOR_FLOOR = 1e-3
 BETA_GRID = tuple(np.round(np.arange(0.0, 1.5001, 0.125), 3))
-
-
-def softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def partial_nll(logits: np.ndarray, masks: np.ndarray, temperature: float) -> float:
@@ -118,7 +111,7 @@ def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[list[float] |
 
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
                       class_bias: list[float] | None = None) -> TriageThresholds:
-    p_mel = probs[:, MEL]
+    p_mel = probs[:, MELANOMA_INDEX]
     urgent = sensitivity_threshold(melanoma, p_mel, URGENT_SENSITIVITY)
     u_sens, u_spec = binary_sens_spec(melanoma, p_mel, urgent)
     known = labels >= 0

@@ -99,13 +99,9 @@ def _counts(df: pd.DataFrame) -> dict:
             "per_source_class": by_source_class}
 
 
-def check_and_resolve(scan: ScanResult) -> CheckResult:
-    df = scan.manifest.reset_index(drop=True).copy()
-    df["group"] = image_groups(df)
-    report: dict = {"rules": __doc__.split("Resolution rules", 1)[1].strip(),
-                    "input": _counts(df), "unreadable": scan.unreadable}
-
-    # Exact duplicates by content, within one set and across sets.
+def _duplicate_findings(df: pd.DataFrame) -> dict:
+    """Exact duplicates by content (within one set and across sets) and image ids present in
+    several sets: report entries only, resolution happens per group."""
     dup_within, dup_across = [], []
     for digest, g in df.groupby("sha256"):
         if len(g) < 2:
@@ -113,76 +109,104 @@ def check_and_resolve(scan: ScanResult) -> CheckResult:
         entry = {"sha256": digest, "files": g["path"].tolist(), "labels": g["label"].tolist(),
                  "sources": g["source"].tolist()}
         (dup_within if g["source"].nunique() == 1 else dup_across).append(entry)
-    report["exact_duplicates_within_set"] = {"count": len(dup_within), "items": dup_within}
-    report["exact_duplicates_across_sets"] = {"count": len(dup_across), "items": dup_across}
     ids_across = []
     for iid, g in df.groupby("image_id"):
         if g["source"].nunique() > 1:
             ids_across.append({"image_id": iid, "sources": g["source"].tolist(),
                                "sizes": [f"{w}x{h}" for w, h in zip(g["width"], g["height"])],
                                "same_content": bool(g["sha256"].nunique() == 1)})
-    report["same_image_id_across_sets"] = {"count": len(ids_across), "items": ids_across[:2000]}
+    return {"exact_duplicates_within_set": {"count": len(dup_within), "items": dup_within},
+            "exact_duplicates_across_sets": {"count": len(dup_across), "items": dup_across},
+            "same_image_id_across_sets": {"count": len(ids_across), "items": ids_across[:2000]}}
+
+
+#: :func:`_group_label` verdict for a group that is dropped.
+_DROP = object()
+
+
+def _group_label(g: pd.DataFrame, conflicts: dict[str, list], decisions: Counter):
+    """The resolved nine-class label of one image group (rules 2a-2e), None for a
+    melanoma-only group, or ``_DROP``; conflicts and decisions are recorded on the way."""
+    ham = g[g["source"] == SOURCE_HAM]
+    nine = g[g["source"] == SOURCE_NINE_CLASS]
+    mel_only = g[g["source"] == SOURCE_ISIC2017]
+    ids = sorted(set(g["image_id"]))
+    label = None
+    if len(ham):
+        if ham["label"].nunique() > 1:
+            decisions["dropped_ham_self_conflict"] += 1
+            return _DROP
+        label = ham["label"].iloc[0]
+        folder_labels = sorted(set(nine["label"]))
+        if len(folder_labels) == 1 and (label, folder_labels[0]) in HAM_REFINEMENTS:
+            label = folder_labels[0]
+            decisions["ham_code_refined_by_folder"] += 1
+        elif folder_labels and folder_labels != [label]:
+            conflicts["ham_overrides_folder"].append(
+                {"image_ids": ids, "ham_dx": label, "folder_labels": folder_labels})
+            decisions["folder_label_overridden_by_ham"] += 1
+    elif len(nine):
+        if nine["label"].nunique() > 1:
+            folder_labels = sorted(set(nine["label"]))
+            arbiter = set(mel_only["melanoma"])
+            agreeing = [lb for lb in folder_labels if arbiter == {int(lb == MELANOMA)}]
+            resolved_by = agreeing[0] if len(agreeing) == 1 else None
+            conflicts["nine_class_folders_disagree"].append(
+                {"image_ids": ids, "folder_labels": folder_labels,
+                 "files": nine["path"].tolist(), "resolved_by_isic2017": resolved_by})
+            if resolved_by is None:
+                decisions["dropped_folder_conflict"] += 1
+                return _DROP
+            decisions["folder_conflict_resolved_by_isic2017"] += 1
+            label = resolved_by
+        else:
+            label = nine["label"].iloc[0]
+    if len(mel_only) and label is not None:
+        mel_votes = set(mel_only["melanoma"])
+        if mel_votes != {int(label == MELANOMA)}:
+            conflicts["melanoma_axis_disagree"].append(
+                {"image_ids": ids, "nine_class_label": label,
+                 "isic2017_melanoma": sorted(int(v) for v in mel_votes)})
+            decisions["dropped_melanoma_axis_conflict"] += 1
+            return _DROP
+    if label is None and mel_only["melanoma"].nunique() > 1:
+        decisions["dropped_isic2017_self_conflict"] += 1
+        return _DROP
+    return label
+
+
+def _kept_row(g: pd.DataFrame, label: str | None) -> pd.Series:
+    """The largest copy of a group (rule 3), carrying the group's resolved label."""
+    order = g.assign(_px=-(g["width"] * g["height"]),
+                     _pref=g["source"].map(_SOURCE_PREFERENCE)).sort_values(["_px", "_pref", "path"])
+    keep = order.iloc[0].copy()
+    keep["label"] = label
+    mel_only = g[g["source"] == SOURCE_ISIC2017]
+    keep["melanoma"] = int(label == MELANOMA) if label is not None else int(mel_only["melanoma"].iloc[0])
+    ham = g[g["source"] == SOURCE_HAM]
+    if len(ham):
+        keep["lesion_id"] = ham["lesion_id"].iloc[0]
+    return keep
+
+
+def check_and_resolve(scan: ScanResult) -> CheckResult:
+    """Find the defects of ``scan`` and resolve them by the rules above: one row per image."""
+    df = scan.manifest.reset_index(drop=True).copy()
+    df["group"] = image_groups(df)
+    report: dict = {"rules": __doc__.split("Resolution rules", 1)[1].strip(),
+                    "input": _counts(df), "unreadable": scan.unreadable, **_duplicate_findings(df)}
 
     kept_rows, decisions = [], Counter()
-    conflicts = {"nine_class_folders_disagree": [], "ham_overrides_folder": [],
-                 "melanoma_axis_disagree": []}
+    conflicts: dict[str, list] = {"nine_class_folders_disagree": [], "ham_overrides_folder": [],
+                                  "melanoma_axis_disagree": []}
     for _, g in df.groupby("group", sort=True):
-        ham = g[g["source"] == SOURCE_HAM]
-        nine = g[g["source"] == SOURCE_NINE_CLASS]
-        mel_only = g[g["source"] == SOURCE_ISIC2017]
-        ids = sorted(set(g["image_id"]))
-        label = None
-        if len(ham):
-            if ham["label"].nunique() > 1:
-                decisions["dropped_ham_self_conflict"] += 1
-                continue
-            label = ham["label"].iloc[0]
-            folder_labels = sorted(set(nine["label"]))
-            if len(folder_labels) == 1 and (label, folder_labels[0]) in HAM_REFINEMENTS:
-                label = folder_labels[0]
-                decisions["ham_code_refined_by_folder"] += 1
-            elif folder_labels and folder_labels != [label]:
-                conflicts["ham_overrides_folder"].append(
-                    {"image_ids": ids, "ham_dx": label, "folder_labels": folder_labels})
-                decisions["folder_label_overridden_by_ham"] += 1
-        elif len(nine):
-            if nine["label"].nunique() > 1:
-                folder_labels = sorted(set(nine["label"]))
-                arbiter = set(mel_only["melanoma"])
-                agreeing = [lb for lb in folder_labels if arbiter == {int(lb == MELANOMA)}]
-                resolved_by = agreeing[0] if len(agreeing) == 1 else None
-                conflicts["nine_class_folders_disagree"].append(
-                    {"image_ids": ids, "folder_labels": folder_labels,
-                     "files": nine["path"].tolist(), "resolved_by_isic2017": resolved_by})
-                if resolved_by is None:
-                    decisions["dropped_folder_conflict"] += 1
-                    continue
-                decisions["folder_conflict_resolved_by_isic2017"] += 1
-                label = resolved_by
-            else:
-                label = nine["label"].iloc[0]
-        if len(mel_only) and label is not None:
-            mel_votes = set(mel_only["melanoma"])
-            if mel_votes != {int(label == MELANOMA)}:
-                conflicts["melanoma_axis_disagree"].append(
-                    {"image_ids": ids, "nine_class_label": label,
-                     "isic2017_melanoma": sorted(int(v) for v in mel_votes)})
-                decisions["dropped_melanoma_axis_conflict"] += 1
-                continue
-        if label is None and mel_only["melanoma"].nunique() > 1:
-            decisions["dropped_isic2017_self_conflict"] += 1
+        label = _group_label(g, conflicts, decisions)
+        if label is _DROP:
             continue
-        order = g.assign(_px=-(g["width"] * g["height"]),
-                         _pref=g["source"].map(_SOURCE_PREFERENCE)).sort_values(["_px", "_pref", "path"])
-        keep = order.iloc[0].copy()
-        keep["label"] = label
-        keep["melanoma"] = int(label == MELANOMA) if label is not None else int(mel_only["melanoma"].iloc[0])
-        if len(ham):
-            keep["lesion_id"] = ham["lesion_id"].iloc[0]
         decisions["kept"] += 1
         if len(g) > 1:
             decisions["merged_copies_removed"] += len(g) - 1
-        kept_rows.append(keep)
+        kept_rows.append(_kept_row(g, label))
 
     resolved = pd.DataFrame(kept_rows, columns=list(MANIFEST_COLUMNS)).reset_index(drop=True)
     resolved["melanoma"] = resolved["melanoma"].astype(int)
@@ -191,6 +215,22 @@ def check_and_resolve(scan: ScanResult) -> CheckResult:
     report["decisions"] = dict(decisions)
     report["final"] = _counts(resolved)
     return CheckResult(resolved=resolved, report=report)
+
+
+def report_for_resolved(resolved: pd.DataFrame, origin: str = "a resolved manifest") -> dict:
+    """The data-quality report of rows that were checked and resolved upstream.
+
+    Retraining resolves its data once (base data through :func:`run_checks`, confirmed cases
+    from the archive) and hands the trainer the rows: the trainer records what it got
+    rather than checking it a second time.
+    """
+    counts = _counts(resolved)
+    empty = {"count": 0, "items": []}
+    return {"rules": f"Rows received from {origin}: checked and resolved before training.",
+            "input": counts, "unreadable": [],
+            "exact_duplicates_within_set": empty, "exact_duplicates_across_sets": empty,
+            "same_image_id_across_sets": empty, "conflicting_labels": {},
+            "decisions": {"kept": len(resolved)}, "final": counts}
 
 
 def _md(report: dict) -> str:
@@ -221,6 +261,7 @@ def write_report(result: CheckResult, out_dir: Path) -> None:
 
 
 def run_checks(scan: ScanResult, out_dir: Path | None = None) -> CheckResult:
+    """Check and resolve ``scan``; write data_quality.json/.md into ``out_dir`` when given."""
     result = check_and_resolve(scan)
     if out_dir is not None:
         write_report(result, out_dir)

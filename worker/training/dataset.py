@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from schemas import CLASS_NAMES, MELANOMA
+from schemas import CLASS_NAMES, MELANOMA_INDEX
 from worker.classify.preprocess import to_model_input
 
-MELANOMA_INDEX = CLASS_NAMES.index(MELANOMA)
 NUM_CLASSES = len(CLASS_NAMES)
 
 

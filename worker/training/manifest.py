@@ -173,6 +173,22 @@ def build_manifest(roots: list[Path]) -> pd.DataFrame:
     return scan(roots).manifest
 
 
+def require_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the manifest columns in order (extra columns dropped); a precise error
+    when one is missing, before any work is done on a frame handed in by a caller."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest frame lacks columns {missing}; needs {list(MANIFEST_COLUMNS)}")
+    out = df[list(MANIFEST_COLUMNS)].reset_index(drop=True).copy()
+    out["path"] = out["path"].astype(str)
+    out["melanoma"] = out["melanoma"].astype(int)
+    out["label"] = out["label"].astype(object).where(out["label"].notna(), None)
+    bad = sorted({lb for lb in out["label"] if lb is not None and lb not in CLASS_NAMES})
+    if bad:
+        raise ValueError(f"manifest labels not in CLASS_NAMES: {bad}")
+    return out
+
+
 def manifest_sha256(df: pd.DataFrame) -> str:
     """Hash of a canonical CSV: content-defined, independent of row order and file location.
 

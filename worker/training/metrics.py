@@ -1,10 +1,13 @@
-"""Evaluation metrics for the lesion classifier: pure numpy and scikit-learn.
+"""Evaluation metrics for the lesion classifier: pure numpy and scikit-learn, no files.
 
 The notebook reported accuracy alone; a triage product needs the numbers a clinician asks
 about (melanoma sensitivity and specificity at the operating point, with uncertainty),
 per-class behaviour under heavy class imbalance, and whether the probabilities can be
 trusted (calibration). Undefined values (an AUC with one class present) are ``None`` in
 the returned dicts so they serialise to JSON ``null`` rather than ``NaN``.
+
+:func:`evaluation_metrics` gathers every number of one evaluation (what metrics.json holds);
+:mod:`worker.training.evaluation` writes it with the figures and the PDF.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
@@ -23,15 +27,24 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from schemas.classes import CLASS_NAMES, DISPLAY_NAMES, MELANOMA, MELANOMA_INDEX, SOON_CLASSES
 from schemas.messages import TriageThresholds
+from schemas.states import TriageLevel
+from worker.classify.triage import class_call, decide
 
 #: Default number of bootstrap resamples for confidence intervals.
 N_BOOT = 1000
 #: Default number of equal-width confidence bins for calibration error.
 N_BINS = 15
+#: How many confidently wrong images the figure shows; metrics.json lists three times as
+#: many candidates (spares for image files that cannot be read).
+N_WRONG = 12
+_SOON = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
 
 
-def _finite_or_none(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float, or None when it is None, NaN or infinite: undefined numbers
+    become JSON ``null`` rather than ``NaN`` (which strict JSON readers refuse)."""
     if value is None:
         return None
     value = float(value)
@@ -171,12 +184,14 @@ def bootstrap_ci(
     return point, float(low), float(high)
 
 
-def _ci_dict(point_low_high: tuple[float, float, float]) -> dict:
+def ci_dict(point_low_high: tuple[float, float, float]) -> dict:
+    """A :func:`bootstrap_ci` result as the ``{"value", "ci_low", "ci_high"}`` dict every
+    report reads; undefined values are None."""
     point, low, high = point_low_high
     return {
-        "value": _finite_or_none(point),
-        "ci_low": _finite_or_none(low),
-        "ci_high": _finite_or_none(high),
+        "value": finite_or_none(point),
+        "ci_low": finite_or_none(low),
+        "ci_high": finite_or_none(high),
     }
 
 
@@ -237,7 +252,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: S
         "n": int(labels.size),
         "class_names": class_names,
         "accuracy": float(accuracy_score(labels, pred)) if labels.size else None,
-        "balanced_accuracy": _finite_or_none(bal_acc),
+        "balanced_accuracy": finite_or_none(bal_acc),
         "per_class": per_class,
         "macro": {
             "precision": macro("precision"),
@@ -277,7 +292,199 @@ def melanoma_metrics(
         "n": int(y.size),
         "n_positive": int(y.sum()),
         "threshold": threshold,
-        "auc": _ci_dict(auc),
-        "sensitivity": _ci_dict(sens),
-        "specificity": _ci_dict(spec),
+        "auc": ci_dict(auc),
+        "sensitivity": ci_dict(sens),
+        "specificity": ci_dict(spec),
     }
+
+
+# --- one evaluation: every number metrics.json holds ---------------------------------------
+
+
+def json_ready(obj):
+    """``obj`` with numpy scalars as Python numbers and NaN/inf as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return finite_or_none(obj)
+    return obj
+
+
+def per_source_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray, sources: Sequence[str],
+                       thresholds: TriageThresholds, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+    """Per source (a model can look good on one archive and fail on another): melanoma AUC,
+    urgent sensitivity/specificity and balanced accuracy of the class calls, each with a
+    95% percentile-bootstrap CI, and the top-label ECE. Nine-class numbers are None for a
+    source with melanoma-only labels."""
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels).astype(int).ravel()
+    melanoma = np.asarray(melanoma).astype(int).ravel()
+    src = np.asarray(sources)
+    t = thresholds.urgent_melanoma
+
+    def auc(yy, pp):
+        return roc_auc_score(yy, pp) if 0 < yy.sum() < yy.size else None
+
+    def bal(ll, pp):
+        return balanced_accuracy_score(ll, class_call(pp, thresholds.class_bias)) if ll.size else None
+
+    def boot(fn, *arrays) -> dict:
+        return ci_dict(bootstrap_ci(fn, *arrays, n_boot=n_boot, seed=seed))
+
+    out = {}
+    for name in sorted(set(src.tolist())):
+        m = src == name
+        y, p = melanoma[m], probs[m, MELANOMA_INDEX]
+        known = labels[m] >= 0
+        kl, kp = labels[m][known], probs[m][known]
+        out[str(name)] = {
+            "n": int(m.sum()), "n_melanoma": int(y.sum()), "n_nine_class": int(known.sum()),
+            "melanoma_auc": boot(auc, y, p),
+            "urgent_sensitivity": boot(lambda a, b: binary_sens_spec(a, b, t)[0], y, p),
+            "urgent_specificity": boot(lambda a, b: binary_sens_spec(a, b, t)[1], y, p),
+            "balanced_accuracy": boot(bal, kl, kp) if kl.size else None,
+            "ece": expected_calibration_error(kp, kl) if kl.size else None,
+        }
+    return out
+
+
+def check_evaluation_inputs(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
+                            paths: Sequence[str], sources: Sequence[str] | None) -> None:
+    """Raise ValueError on shapes that disagree or labels that contradict the melanoma flags."""
+    n = labels.shape[0]
+    if probs.shape != (n, len(CLASS_NAMES)):
+        raise ValueError(f"probs must be ({n}, {len(CLASS_NAMES)}), got {probs.shape}")
+    if melanoma.shape != (n,) or len(paths) != n:
+        raise ValueError("labels, melanoma and paths must have one entry per row of probs")
+    if sources is not None and len(sources) != n:
+        raise ValueError("sources must have one entry per row of probs")
+    if labels.size and (labels.min() < -1 or labels.max() >= len(CLASS_NAMES)):
+        raise ValueError("labels must be class indices or -1")
+    known = labels >= 0
+    if np.any(known & ((labels == MELANOMA_INDEX) != (melanoma == 1))):
+        raise ValueError("melanoma flags disagree with nine-class labels")
+
+
+def soon_metrics(p_soon: np.ndarray, soon_true: np.ndarray, threshold: float, seed: int = 0,
+                 n_boot: int = N_BOOT) -> dict:
+    """Sensitivity and specificity of the "soon" call (summed BCC/SCC/AK probability), with CIs."""
+    def sens_spec(i: int) -> dict:
+        return ci_dict(bootstrap_ci(lambda y, s: binary_sens_spec(y, s, threshold)[i], soon_true, p_soon,
+                                    n_boot=n_boot, seed=seed))
+
+    return {"threshold": threshold, "n": int(soon_true.size), "n_positive": int(soon_true.sum()),
+            "sensitivity": sens_spec(0), "specificity": sens_spec(1)}
+
+
+def triage_levels(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
+                  thresholds: TriageThresholds) -> tuple[dict, dict]:
+    """(count per triage level, count per level within each truth group) under ``thresholds``."""
+    levels = [decide(dict(zip(CLASS_NAMES, row)), thresholds) for row in probs.tolist()]
+    known = labels >= 0
+    truth_groups = np.where(
+        melanoma == 1, "melanoma", np.where(~known, "not_melanoma_unspecified",
+                                            np.where(np.isin(labels, _SOON), "soon_class", "other")))
+    by_truth: dict[str, dict[str, int]] = {}
+    for group, level in zip(truth_groups.tolist(), levels):
+        by_truth.setdefault(group, {lv.value: 0 for lv in TriageLevel})[level.value] += 1
+    counts = {lv.value: 0 for lv in TriageLevel}
+    for level in levels:
+        counts[level.value] += 1
+    return counts, by_truth
+
+
+def class_call_effect(kp: np.ndarray, kl: np.ndarray, nine: dict, thresholds: TriageThresholds) -> dict:
+    """Balanced accuracy and accuracy of the version's class calls (``nine``) next to plain argmax."""
+    if not kl.size:
+        return {}
+    argmax = kp.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a call of a class absent from the labels
+        ba_argmax = float(balanced_accuracy_score(kl, argmax))
+    return {
+        "rule": "prior-corrected (class_bias)" if thresholds.class_bias else "argmax",
+        "balanced_accuracy": nine["balanced_accuracy"],
+        "accuracy": nine["accuracy"],
+        "balanced_accuracy_argmax": ba_argmax,
+        "accuracy_argmax": float(np.mean(argmax == kl)),
+    }
+
+
+def confidently_wrong(probs: np.ndarray, pred: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
+                      thresholds: TriageThresholds, paths: Sequence[str]) -> list[dict]:
+    """Wrong rows, most confident first. Nine-class rows: class call != label, confidence is the
+    predicted class probability. Melanoma-only rows: wrong on the urgent decision, confidence
+    is the probability put against the truth."""
+    rows = []
+    t = thresholds.urgent_melanoma
+    for i in range(labels.shape[0]):
+        call = int(pred[i])
+        if labels[i] >= 0:
+            if call == labels[i]:
+                continue
+            rows.append({"path": str(paths[i]), "true": DISPLAY_NAMES[CLASS_NAMES[labels[i]]],
+                         "predicted": DISPLAY_NAMES[CLASS_NAMES[call]], "probability": float(probs[i, call])})
+            continue
+        p = float(probs[i, MELANOMA_INDEX])
+        if melanoma[i] == 1 and p < t:
+            rows.append({"path": str(paths[i]), "true": DISPLAY_NAMES[MELANOMA],
+                         "predicted": DISPLAY_NAMES[CLASS_NAMES[call]] if call != MELANOMA_INDEX
+                         else "Not urgent", "probability": 1.0 - p})
+        elif melanoma[i] == 0 and p >= t:
+            rows.append({"path": str(paths[i]), "true": "Not melanoma",
+                         "predicted": DISPLAY_NAMES[MELANOMA], "probability": p})
+    rows.sort(key=lambda r: -r["probability"])
+    return rows[: N_WRONG * 3]  # spare candidates for unreadable files
+
+
+def evaluation_metrics(probs: np.ndarray, labels: np.ndarray, melanoma: np.ndarray,
+                       thresholds: TriageThresholds, paths: Sequence[str], title: str, seed: int = 0,
+                       sources: Sequence[str] | None = None, n_boot: int = N_BOOT) -> dict:
+    """Every number of one evaluation, JSON-ready (metrics.json without its file list).
+
+    ``labels`` is -1 where only melanoma / not-melanoma is known (ISIC 2017): those rows
+    count for melanoma metrics, triage counts and the confidently-wrong list only.
+    """
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels).astype(int).ravel()
+    melanoma = np.asarray(melanoma).astype(int).ravel()
+    check_evaluation_inputs(probs, labels, melanoma, paths, sources)
+    known = labels >= 0
+    kp, kl = probs[known], labels[known]
+    pred = class_call(probs, thresholds.class_bias)
+    nine = classification_metrics(kp, kl, CLASS_NAMES, pred=pred[known])
+    soon = soon_metrics(probs[known][:, _SOON].sum(axis=1), np.isin(kl, _SOON).astype(int),
+                        thresholds.soon_keratinocyte, seed, n_boot)
+    ece = ci_dict(bootstrap_ci(expected_calibration_error, kp, kl, n_boot=n_boot, seed=seed))
+    counts, by_truth = triage_levels(probs, labels, melanoma, thresholds)
+    metrics: dict = {
+        "title": title,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n": int(labels.shape[0]),
+        "n_nine_class": int(known.sum()),
+        "n_melanoma_only": int((~known).sum()),
+        "n_melanoma": int(melanoma.sum()),
+        "seed": seed,
+        "n_boot": n_boot,
+        "ci_level": 0.95,
+        "class_names": list(CLASS_NAMES),
+        "thresholds": thresholds.model_dump(),
+        "melanoma": melanoma_metrics(probs[:, MELANOMA_INDEX], melanoma, thresholds, seed=seed, n_boot=n_boot),
+        "soon": soon,
+        "balanced_accuracy": ci_dict(bootstrap_ci(balanced_accuracy_score, kl, pred[known],
+                                                  n_boot=n_boot, seed=seed)),
+        "class_call": class_call_effect(kp, kl, nine, thresholds),
+        "ece": {**ece, "n_bins": N_BINS},
+        "reliability_bins": reliability_bins(kp, kl) if kl.size else [],
+        "nine_class": nine,
+        "triage_counts": counts,
+        "triage_by_truth": by_truth,
+        "confidently_wrong": confidently_wrong(probs, pred, labels, melanoma, thresholds, paths),
+    }
+    if sources is not None:
+        metrics["per_source"] = per_source_metrics(probs, labels, melanoma, sources, thresholds, seed, n_boot)
+    return json_ready(metrics)

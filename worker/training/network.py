@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import CLASS_NAMES, MELANOMA
+from schemas import CLASS_NAMES, MELANOMA_INDEX
 
 #: ImageNet weights shipped in the shared folder (sha256 dbdb03ee...).
 DEFAULT_WEIGHTS = Path("../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
@@ -26,7 +26,6 @@ IMAGENET = "imagenet"
 #: Human-readable backbone names for model.json notes and the model card.
 BACKBONE_TITLES = {"mobilenet": "MobileNet alpha 0.25", "lite0": "EfficientNet-Lite0"}
 BASE_NAME = "backbone"
-MEL_INDEX = CLASS_NAMES.index(MELANOMA)
 
 
 def resolve_weights(weights: str | Path | None, backbone: str) -> Path | None:
@@ -121,8 +120,8 @@ def melanoma_auc_metric():
         """ROC AUC of softmax[melanoma] against the melanoma column of the mask."""
 
         def update_state(self, y_true, y_pred, sample_weight=None):
-            p = ops.softmax(y_pred, axis=-1)[:, MEL_INDEX]
-            return super().update_state(y_true[:, MEL_INDEX], p, sample_weight=None)
+            p = ops.softmax(y_pred, axis=-1)[:, MELANOMA_INDEX]
+            return super().update_state(y_true[:, MELANOMA_INDEX], p, sample_weight=None)
 
     return MelanomaAUC(name="mel_auc", num_thresholds=400)
 

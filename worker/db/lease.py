@@ -1,5 +1,8 @@
 """A named lease in the database (table ``locks``): one holder at a time, across machines.
 
+Used for one retraining at a time (``worker.retrain.cycle``) and for every change of the
+model store's CURRENT pointer (``worker.store.admin.pointer_lock``).
+
 Acquire = INSERT the row, or UPDATE it where the current lease has expired. Both are single
 atomic statements on SQLite and PostgreSQL (a concurrent INSERT of the same primary key fails
 with an integrity error; the conditional UPDATE matches for at most one contender), so no
@@ -29,11 +32,6 @@ from worker.errors import TriageError
 
 log = logging.getLogger(__name__)
 
-RETRAIN_LOCK = "retrain"
-#: Taken briefly around every change of the CURRENT pointer (promote, rollback, retrain).
-POINTER_LOCK = "model-pointer"
-
-
 class LockHeld(TriageError):
     """Someone else holds the lease."""
 
@@ -48,6 +46,8 @@ def new_holder() -> str:
 
 
 class DbLease:
+    """One named lease; a context manager that raises LockHeld when someone else has it."""
+
     def __init__(self, sessions: sessionmaker[Session], name: str, ttl_s: float,
                  holder: str | None = None) -> None:
         if ttl_s <= 0:
@@ -161,15 +161,3 @@ def lock_info(sessions: sessionmaker[Session], name: str) -> dict | None:
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat()
-
-
-@contextmanager
-def pointer_lock(sessions: sessionmaker[Session], wait_s: float = 30.0) -> Iterator[DbLease]:
-    """Short lease around a CURRENT change: promote/rollback never interleave with a retrain's."""
-    lease = DbLease(sessions, POINTER_LOCK, ttl_s=120)
-    if not lease.acquire_wait(wait_s):
-        raise LockHeld(POINTER_LOCK, current_holder(sessions, POINTER_LOCK))
-    try:
-        yield lease
-    finally:
-        lease.release()

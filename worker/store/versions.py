@@ -1,8 +1,9 @@
-"""The versioned model store: immutable version folders and one atomically switched pointer.
+"""The versioned model store: immutable version folders and atomically switched pointers.
 
 Layout of a store root::
 
     CURRENT                      the current version's name (replaced atomically)
+    SHADOW                       a candidate run in shadow on live traffic (optional)
     versions/<version>/model.keras
     versions/<version>/model.json    schemas.ModelMetadata
     versions/<version>/...           metrics, split, calibration, model card
@@ -45,6 +46,8 @@ def shipped_store_root() -> Path:
 
 
 class ModelStore:
+    """One store root on disk. Pointer changes with their record: ``worker.store.admin``."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 

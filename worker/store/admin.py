@@ -17,22 +17,39 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from schemas import ModelAction
+from worker.db.lease import DbLease, LockHeld, current_holder
 from worker.db.models import ModelEvent
 from worker.errors import ModelNotAvailable, TriageError
-from worker.model_store import ModelStore
-from worker.retrain.lock import pointer_lock
+from worker.store.versions import ModelStore
 
-SEED, PROMOTE, ROLLBACK = "seed", "promote", "rollback"
-SHADOW_ON, SHADOW_OFF = "shadow_on", "shadow_off"
+#: Taken briefly around every change of the CURRENT pointer (promote, rollback, retrain).
+POINTER_LOCK = "model-pointer"
+#: Actions that change CURRENT (the ones a rollback undoes).
+_POINTER_ACTIONS = (ModelAction.PROMOTE, ModelAction.ROLLBACK, ModelAction.SEED)
 
 
 class AdminError(TriageError):
     """A store change that cannot be made (no reason, unknown version, nothing to roll back to)."""
+
+
+@contextmanager
+def pointer_lock(sessions: sessionmaker[Session], wait_s: float = 30.0) -> Iterator[DbLease]:
+    """Short lease around a CURRENT change: promote/rollback never interleave with a retrain's."""
+    lease = DbLease(sessions, POINTER_LOCK, ttl_s=120)
+    if not lease.acquire_wait(wait_s):
+        raise LockHeld(POINTER_LOCK, current_holder(sessions, POINTER_LOCK))
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def actor_name(by: str | None = None) -> str:
@@ -48,7 +65,9 @@ def actor_name(by: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    action: str
+    """One recorded change of the model set-up."""
+
+    action: ModelAction
     version: str
     previous_version: str | None
     actor: str
@@ -56,7 +75,7 @@ class Change:
     event_id: str
 
 
-def switch(store: ModelStore, sessions: sessionmaker[Session], action: str, version: str,
+def switch(store: ModelStore, sessions: sessionmaker[Session], action: ModelAction, version: str,
            actor: str, reason: str, expect_current: str | None = None, hold_lock: bool = True) -> Change:
     """Point CURRENT at ``version`` and record the event. ``expect_current``: refuse when the
     pointer moved since the caller looked (a retraining's champion was replaced meanwhile)."""
@@ -73,14 +92,14 @@ def switch(store: ModelStore, sessions: sessionmaker[Session], action: str, vers
         if previous == version:
             raise AdminError(f"{version} is already the current version")
         with sessions.begin() as s:
-            event = ModelEvent(action=action, version=version, previous_version=previous,
+            event = ModelEvent(action=ModelAction(action).value, version=version, previous_version=previous,
                                actor=actor, reason=reason.strip())
             s.add(event)
             s.flush()
             store.set_current(version)
             event_id = event.id
         # a failed commit raises above, after set_current: put the pointer back
-        return Change(action, version, previous, actor, reason.strip(), event_id)
+        return Change(ModelAction(action), version, previous, actor, reason.strip(), event_id)
 
     def _guarded() -> Change:
         previous = store.current_version()
@@ -101,14 +120,15 @@ def switch(store: ModelStore, sessions: sessionmaker[Session], action: str, vers
 
 def promote(store: ModelStore, sessions: sessionmaker[Session], version: str, actor: str,
             reason: str) -> Change:
-    return switch(store, sessions, PROMOTE, version, actor, reason)
+    """Make ``version`` current (by hand; a retraining calls ``switch`` under its own lease)."""
+    return switch(store, sessions, ModelAction.PROMOTE, version, actor, reason)
 
 
 def rollback_target(store: ModelStore, session: Session) -> str:
     """The version that was current before the latest change to the current version."""
     current = store.current_version()
     event = session.execute(
-        select(ModelEvent).where(ModelEvent.action.in_([PROMOTE, ROLLBACK, SEED]))
+        select(ModelEvent).where(ModelEvent.action.in_([a.value for a in _POINTER_ACTIONS]))
         .order_by(ModelEvent.created_at.desc()).limit(1)
     ).scalar_one_or_none()
     if event is None or event.version != current or not event.previous_version:
@@ -118,9 +138,10 @@ def rollback_target(store: ModelStore, session: Session) -> str:
 
 def rollback(store: ModelStore, sessions: sessionmaker[Session], actor: str, reason: str,
              target: str | None = None) -> Change:
+    """Back to ``target``, or to the version current before the latest change."""
     with sessions() as s:
         target = target or rollback_target(store, s)
-    return switch(store, sessions, ROLLBACK, target, actor, reason)
+    return switch(store, sessions, ModelAction.ROLLBACK, target, actor, reason)
 
 
 def set_shadow(store: ModelStore, sessions: sessionmaker[Session], version: str | None,
@@ -137,14 +158,15 @@ def set_shadow(store: ModelStore, sessions: sessionmaker[Session], version: str 
             raise AdminError(f"{version} is the current version; shadow a candidate instead")
     elif previous is None:
         raise AdminError("no version runs in shadow")
+    action = ModelAction.SHADOW_ON if version else ModelAction.SHADOW_OFF
     with pointer_lock(sessions), sessions.begin() as s:
-        event = ModelEvent(action=SHADOW_ON if version else SHADOW_OFF, version=version or previous,
+        event = ModelEvent(action=action.value, version=version or previous,
                            previous_version=previous, actor=actor, reason=reason.strip())
         s.add(event)
         s.flush()
         store.set_shadow(version)
         event_id = event.id
-    return Change(event.action, event.version, previous, actor, reason.strip(), event_id)
+    return Change(action, event.version, previous, actor, reason.strip(), event_id)
 
 
 def record_seed(store: ModelStore, sessions: sessionmaker[Session]) -> bool:
@@ -155,13 +177,14 @@ def record_seed(store: ModelStore, sessions: sessionmaker[Session]) -> bool:
     with sessions.begin() as s:
         if s.scalar(select(func.count()).select_from(ModelEvent)):
             return False
-        s.add(ModelEvent(action=SEED, version=current, previous_version=None,
+        s.add(ModelEvent(action=ModelAction.SEED.value, version=current, previous_version=None,
                          actor=actor_name("melanoma-triage prepare"),
                          reason="first current version of this store (seeded from the shipped models, or set up before the database recorded changes)"))
     return True
 
 
 def events(session: Session, limit: int = 50) -> list[dict]:
+    """The latest ``limit`` changes, newest first, as plain dicts (``models log``)."""
     rows = session.execute(select(ModelEvent).order_by(ModelEvent.created_at.desc()).limit(limit))
     return [{"at": e.created_at.isoformat(), "action": e.action, "version": e.version,
              "previous_version": e.previous_version, "actor": e.actor, "reason": e.reason}
@@ -177,6 +200,7 @@ def _headline(metrics: dict) -> dict:
 
 
 def list_versions(store: ModelStore) -> list[dict]:
+    """Every readable stored version with its pointers and headline metrics (``models list``)."""
     current = store.current_version()
     out = []
     for version in store.list_versions():

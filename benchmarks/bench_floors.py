@@ -1,0 +1,240 @@
+"""Our decode and PDF stages next to their floors, side by side in one run, as ratios.
+
+    .venv/bin/python benchmarks/bench_floors.py [--data ../shared/data] [--runs 40]
+        [--version-dir DIR_WITH_model.tflite] [--n-deviation 200]
+
+Decode (600 x 450 and 4,000 x 3,000 JPEG made by upscaling a real dermoscopy image in memory):
+  ours   = decode_bytes + assess_quality + to_model_input (what a job does today)
+  draft  = worker.imaging.fast_decode.reduced_jpeg + assess_quality + to_model_input
+  floor  = Pillow draft + bilinear resize to the model size, no checks
+PDF (one report, real image 600 x 450):
+  ours   = worker.report.layout.build_pdf as it is
+  parts  = the thumbnail alone (LANCZOS + JPEG encode), build_story alone, and build_pdf
+           with reportlab's ASCII85 of the image turned off (rl_config.useA85 = 0)
+  floor  = a minimal platypus page: the same TTF font, an already-encoded JPEG, a bar chart
+           of 9 bars, a table of 12 fields and 4 paragraphs
+  The PDF part runs twice, in child processes with and without reportlab's C accelerator
+  (the rl_accel package), because reportlab binds it at import.
+With ``--version-dir`` (an exported version, see worker.classify.export): the draft path's
+effect on the model, on real test images upscaled to 600 x 450 and 4,000 x 3,000: max
+|Δ logit| against the current decode path and the number of triage levels that change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {"600x450": (600, 450), "4000x3000": (4000, 3000)}
+
+
+def _med(v: list[float]) -> float:
+    return 1000 * statistics.median(v)
+
+
+def _p95(v: list[float]) -> float:
+    s = sorted(v)
+    return 1000 * s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+
+
+def _interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(runs + 3):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= 3:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
+def _print(times: dict[str, list[float]], floor: str) -> None:
+    base = statistics.median(times[floor])
+    for k, v in times.items():
+        print(f"  {k:<34} median {_med(v):7.1f} ms  p95 {_p95(v):7.1f} ms  {statistics.median(v) / base:5.1f}x floor")
+
+
+def real_image(data: Path) -> np.ndarray:
+    from PIL import Image
+
+    path = sorted((data / "ham10000-224/images").glob("*.jpg"))[0]
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def upscaled_jpeg(rgb: np.ndarray, size: tuple[int, int], quality: int = 92) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def bench_decode(rgb: np.ndarray, runs: int) -> None:
+    from worker.classify.preprocess import to_model_input
+    from worker.imaging.decode import decode_bytes
+    from worker.imaging.fast_decode import decode_floor, reduced_jpeg
+    from worker.imaging.quality import assess_quality
+
+    for name, size in SIZES.items():
+        data = upscaled_jpeg(rgb, size)
+
+        def ours(data=data):
+            d = decode_bytes(data)
+            assess_quality(d.rgb)
+            to_model_input(d.rgb, 224)
+
+        def draft(data=data):
+            d = reduced_jpeg(data).decoded
+            assess_quality(d.rgb)
+            to_model_input(d.rgb, 224)
+
+        n = runs if size[0] < 1000 else max(5, runs // 4)
+        times = _interleaved({"ours (decode+quality+resize)": ours,
+                              "draft (reduced_jpeg+quality+resize)": draft,
+                              "floor (draft+resize)": lambda data=data: decode_floor(data, 224)}, n)
+        print(f"decode, JPEG {name} ({len(data) // 1024} KB), {n} runs interleaved:")
+        _print(times, "floor (draft+resize)")
+
+
+def minimal_page(jpeg: bytes, probs: list[float]) -> bytes:
+    """The floor: what a one-page report with an image and a bar chart must cost."""
+    from reportlab.graphics.shapes import Drawing, Rect, String
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Table
+
+    from worker.report.layout import FONT, register_fonts
+
+    register_fonts()
+    style = ParagraphStyle("s", fontName=FONT, fontSize=9, leading=11)
+    chart = Drawing(400, 160)
+    for i, p in enumerate(probs):
+        chart.add(Rect(150, 150 - 17 * (i + 1), 200 * p, 10))
+        chart.add(String(145, 153 - 17 * (i + 1), f"class {i}", fontName=FONT, fontSize=8, textAnchor="end"))
+    img = Image(io.BytesIO(jpeg), width=60 * mm, height=45 * mm)
+    rows = [[Paragraph(f"field {i}", style), Paragraph(f"value {i}", style)] for i in range(12)]
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, invariant=1)
+    story = [Paragraph("Dermoscopy triage report", style), Table(rows), img,
+             Paragraph("TRIAGE RESULT: urgent", style), chart, Paragraph("Decision support. " * 30, style)]
+    doc.build(story)
+    return buf.getvalue()
+
+
+def bench_pdf(rgb: np.ndarray, runs: int) -> None:
+    from PIL import Image as PILImage
+    from reportlab import rl_config
+
+    from tests.test_report import make_content
+    from worker.report import layout
+
+    from reportlab.lib.rl_accel import _c_funcs
+
+    accel = bool(_c_funcs)
+    image = np.asarray(PILImage.fromarray(rgb).resize((600, 450), PILImage.Resampling.BICUBIC))
+    big = np.asarray(PILImage.fromarray(rgb).resize((4000, 3000), PILImage.Resampling.BICUBIC))
+    content = make_content(image_rgb=image)
+    content_big = make_content(image_rgb=big)
+    jpeg = io.BytesIO()
+    PILImage.fromarray(image).save(jpeg, "JPEG", quality=92)
+    probs = [content.probabilities[k] for k in content.probabilities]
+
+    def no_a85():
+        rl_config.useA85 = 0
+        try:
+            layout.build_pdf(content)
+        finally:
+            rl_config.useA85 = 1
+
+    def thumbnail(img):
+        t = PILImage.fromarray(img)
+        t.thumbnail((600, 600), PILImage.Resampling.LANCZOS)
+        t.save(io.BytesIO(), format="JPEG", quality=92, subsampling=0)
+
+    layout.build_pdf(content)
+    times = _interleaved({
+        "ours build_pdf (600x450 image)": lambda: layout.build_pdf(content),
+        "ours build_pdf, useA85=0": no_a85,
+        "  part: build_story only": lambda: layout.build_story(content),
+        "  part: thumbnail 600x450 in": lambda: thumbnail(image),
+        "  part: thumbnail 4000x3000 in": lambda: thumbnail(big),
+        "ours build_pdf (4000x3000 image)": lambda: layout.build_pdf(content_big),
+        "floor minimal page": lambda: minimal_page(jpeg.getvalue(), probs),
+    }, runs)
+    sizes = (len(layout.build_pdf(content)), len(minimal_page(jpeg.getvalue(), probs)))
+    print(f"PDF, reportlab C accelerator {'ON' if accel else 'OFF'}, {runs} runs interleaved "
+          f"(report {sizes[0] // 1024} KB, floor {sizes[1] // 1024} KB):")
+    _print(times, "floor minimal page")
+
+
+def bench_deviation(data: Path, version_dir: Path, n: int) -> None:
+    """How much the draft path moves the model's outputs (LiteRT, float32)."""
+    from PIL import Image
+
+    from schemas import CLASS_NAMES, TriageThresholds
+    from worker.classify.preprocess import to_model_input
+    from worker.classify.runtime_litert import LiteRTModel
+    from worker.classify.triage import decide
+    from worker.imaging.decode import decode_bytes
+    from worker.imaging.fast_decode import reduced_jpeg
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_serving import _calibrated, test_split
+
+    meta = json.loads((version_dir / "model.json").read_text())
+    model = LiteRTModel.from_version_dir(version_dir, meta["sha256"])
+    th, temp = TriageThresholds(**meta["thresholds"]), float(meta["temperature"])
+    paths = [p for p, _ in test_split(version_dir, data)][:n]
+    for name, size in SIZES.items():
+        a, b = [], []
+        for path in paths:
+            with Image.open(path) as im:
+                jpeg = upscaled_jpeg(np.asarray(im.convert("RGB")), size)
+            a.append(model.logits(to_model_input(decode_bytes(jpeg).rgb, 224)))
+            b.append(model.logits(to_model_input(reduced_jpeg(jpeg).decoded.rgb, 224)))
+        la, lb = np.concatenate(a), np.concatenate(b)
+        pa, pb = _calibrated(la, temp), _calibrated(lb, temp)
+        row = lambda r: dict(zip(CLASS_NAMES, map(float, r)))  # noqa: E731
+        changed = sum(decide(row(x), th) != decide(row(y), th) for x, y in zip(pa, pb))
+        mel = CLASS_NAMES.index("melanoma")
+        print(f"draft decode vs current decode, {len(paths)} real test images upscaled to {name}: "
+              f"max |Δ logit| {np.abs(la - lb).max():.3f}, max |Δ p(mel)| {np.abs(pa - pb)[:, mel].max():.4f}, "
+              f"triage level changed on {changed}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--version-dir", type=Path, default=None)
+    ap.add_argument("--n-deviation", type=int, default=200)
+    ap.add_argument("--pdf-only", choices=("accel", "noaccel"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.pdf_only:
+        bench_pdf(real_image(args.data), args.runs)
+        return
+    rgb = real_image(args.data)
+    bench_decode(rgb, args.runs)
+    for mode in ("noaccel", "accel"):
+        pre = "import sys; sys.modules['_rl_accel'] = None; " if mode == "noaccel" else ""
+        code = (f"{pre}import runpy, sys; sys.argv = {[__file__, '--pdf-only', mode, '--runs', str(args.runs), '--data', str(args.data)]!r}; "
+                f"runpy.run_path({__file__!r}, run_name='__main__')")
+        print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout, end="")
+    if args.version_dir:
+        bench_deviation(args.data, args.version_dir, args.n_deviation)
+
+
+if __name__ == "__main__":
+    main()

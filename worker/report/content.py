@@ -1,0 +1,58 @@
+"""What one triage report shows: the record the pipeline fills and the layout draws.
+
+Validated on construction, so the layout never has to guess and a bad value fails in
+the pipeline, before any file is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from schemas import CLASS_NAMES, ImageMetadata, TriageLevel, TriageThresholds
+
+
+@dataclass(frozen=True, eq=False)
+class ReportContent:
+    """Everything one report shows. Validated on construction so layout never guesses.
+
+    ``eq=False`` because the image array has no meaningful ``==``.
+    """
+
+    job_id: str
+    metadata: ImageMetadata
+    image_rgb: np.ndarray
+    probabilities: dict[str, float]
+    triage: TriageLevel
+    triage_explanation: str
+    thresholds: TriageThresholds
+    model_version: str
+    image_sha256: str
+    received_at: datetime
+    reported_at: datetime
+    quality_note: str | None = None
+
+    def __post_init__(self) -> None:
+        img = self.image_rgb
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"image_rgb must be an HxWx3 array, got {getattr(img, 'shape', type(img))}")
+        if img.dtype != np.uint8:
+            raise ValueError(f"image_rgb must be uint8, got {img.dtype}")
+        if img.shape[0] == 0 or img.shape[1] == 0:
+            raise ValueError("image_rgb is empty")
+        missing = set(CLASS_NAMES) - set(self.probabilities)
+        extra = set(self.probabilities) - set(CLASS_NAMES)
+        if missing or extra:
+            raise ValueError(f"probabilities keys differ from CLASS_NAMES: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name, p in self.probabilities.items():
+            if not (isinstance(p, (int, float)) and math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6):
+                raise ValueError(f"probability of {name} must be a finite number in [0, 1], got {p!r}")
+        if not isinstance(self.triage, TriageLevel):
+            raise ValueError(f"triage must be a TriageLevel, got {self.triage!r}")
+        for field in ("received_at", "reported_at"):
+            ts = getattr(self, field)
+            if ts.tzinfo is None or ts.utcoffset() is None:
+                raise ValueError(f"{field} must be timezone-aware (UTC)")

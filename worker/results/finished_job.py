@@ -1,0 +1,94 @@
+"""What a finished job holds, read once from the database: the one input of every result
+builder (DICOM, FHIR, webhook), so none of them queries tables itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schemas import MELANOMA, ImageMetadata, JobState, TriageLevel
+from worker.db.models import Job, Prediction
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A done job's result and the identifiers of its image (caller metadata over file tags)."""
+
+    job_id: str
+    metadata: ImageMetadata
+    model_version: str
+    probabilities: dict[str, float]
+    predicted_class: str
+    triage: TriageLevel
+    image_usable: bool
+    report_path: Path
+    report_sha256: str
+    archive_path: Path | None
+    image_sha256: str | None
+    source_format: str | None  # "dicom" | "jpeg" | "png"
+    received_at: datetime
+    finished_at: datetime
+    calling_ae_title: str | None = None  # the AE that sent it over DICOM, if any
+
+    @property
+    def melanoma_probability(self) -> float:
+        return float(self.probabilities[MELANOMA])
+
+    @property
+    def is_dicom_input(self) -> bool:
+        return self.source_format == "dicom"
+
+
+def _aware(ts: datetime | None) -> datetime:
+    ts = ts or datetime.now(timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def load_finished_job(session: Session, job_id: str) -> FinishedJob | None:
+    """None unless the job is done and has its reported (non-shadow) prediction and report."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != JobState.DONE.value or job.report is None:
+        return None
+    prediction = session.execute(
+        select(Prediction)
+        .where(Prediction.job_id == job_id, Prediction.shadow.is_(False))
+        .order_by(Prediction.created_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if prediction is None:
+        return None
+    image = job.image
+    metadata = ImageMetadata(**{field: getattr(image, field) for field in ImageMetadata.model_fields})
+    return FinishedJob(
+        job_id=job.id,
+        metadata=metadata,
+        model_version=prediction.model_version,
+        probabilities=prediction.probabilities(),
+        predicted_class=prediction.predicted_class,
+        triage=TriageLevel(prediction.triage_level),
+        image_usable=prediction.image_usable,
+        report_path=Path(job.report.path),
+        report_sha256=job.report.sha256,
+        archive_path=Path(image.archive_path) if image.archive_path else None,
+        image_sha256=image.sha256,
+        source_format=image.source_format,
+        received_at=_aware(image.received_at),
+        finished_at=_aware(job.finished_at),
+        calling_ae_title=_calling_ae_title(session, job_id),
+    )
+
+
+def _calling_ae_title(session: Session, job_id: str) -> str | None:
+    """The calling AE of the first DICOM arrival of this job (the receiver records it)."""
+    from worker.db.integration import DicomInstance
+
+    return session.execute(
+        select(DicomInstance.calling_ae_title)
+        .where(DicomInstance.job_id == job_id, DicomInstance.calling_ae_title.is_not(None))
+        .order_by(DicomInstance.received_at)
+        .limit(1)
+    ).scalar_one_or_none()

@@ -1,0 +1,57 @@
+"""What one training run is asked to do, with its defaults: the one place they are written.
+
+Kept apart from ``train.py`` (pandas, scipy, scikit-learn, TensorFlow) so the command line
+can show these defaults in ``--help`` without importing the trainer, and a system that only
+submits jobs can load the CLI without the ``[train]`` extras.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from worker.training import network
+
+#: Fine-tuning learning-rate schedules ``train.fit`` knows.
+LR_SCHEDULES = ("cosine", "plateau")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[Path, ...]
+    out: Path
+    input_size: int = 224
+    backbone: str = "lite0"
+    weights: Path | str | None = network.IMAGENET  # "imagenet": the backbone's file; None: scratch
+    head_epochs: int = 2
+    epochs: int = 20  # maximum fine-tuning epochs (early stopping may end sooner)
+    batch_size: int = 32
+    seed: int = 42
+    resume: bool = False
+    cache_dir: Path = Path("runs/cache")
+    threads: int = 2
+    patience: int = 6
+    lr_head: float = 1e-3
+    lr_fine: float = 3e-4
+    unfreeze_from: str | None = None  # layer-name prefix; None: network.DEFAULT_UNFREEZE
+    lr_schedule: str = "cosine"  # phase 2: "plateau" (x0.3 after 2 flat epochs) or "cosine"
+    partial_labels: bool = True
+    limit: int | None = None  # smoke runs: a random subset of this many images
+    parent_version: str | None = None
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
+    verbose: int | None = None
+    n_boot: int = 1000
+    jit_compile: bool | str = "auto"  # XLA (Keras default); off saves compile time in tests
+
+
+def default(name: str) -> Any:
+    """The default of one ``TrainConfig`` field (for command-line options)."""
+    for f in fields(TrainConfig):
+        if f.name == name:
+            if f.default is MISSING:
+                raise KeyError(f"TrainConfig.{name} has no plain default")
+            return f.default
+    raise KeyError(f"TrainConfig has no field {name!r}")
