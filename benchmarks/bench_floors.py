@@ -95,14 +95,15 @@ def bench_decode(rgb: np.ndarray, runs: int) -> None:
             assess_quality(d.rgb)
             to_model_input(d.rgb, 224)
 
-        def draft(data=data):
-            d = reduced_jpeg(data).decoded
+        def draft(data=data, min_side=224):
+            d = reduced_jpeg(data, min_side).decoded
             assess_quality(d.rgb)
             to_model_input(d.rgb, 224)
 
         n = runs if size[0] < 1000 else max(5, runs // 4)
         times = _interleaved({"ours (decode+quality+resize)": ours,
-                              "draft (reduced_jpeg+quality+resize)": draft,
+                              "draft>=224 (reduced_jpeg+quality+resize)": draft,
+                              "draft>=448 (reduced_jpeg+quality+resize)": lambda: draft(min_side=448),
                               "floor (draft+resize)": lambda data=data: decode_floor(data, 224)}, n)
         print(f"decode, JPEG {name} ({len(data) // 1024} KB), {n} runs interleaved:")
         _print(times, "floor (draft+resize)")
@@ -134,11 +135,36 @@ def minimal_page(jpeg: bytes, probs: list[float]) -> bytes:
     return buf.getvalue()
 
 
+def make_content(image_rgb: np.ndarray):  # -> ReportContent (imported lazily)
+    """A typical report: every field filled, an urgent result (made-up identifiers)."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from schemas import CLASS_NAMES, MELANOMA, ImageMetadata, TriageLevel, TriageThresholds
+    from worker.report import ReportContent
+
+    received = datetime(2024, 3, 5, 9, 12, 3, tzinfo=timezone.utc)
+    rest = (1 - 0.31) / (len(CLASS_NAMES) - 1)
+    return ReportContent(
+        job_id="3f2a9c1e-6b7d-4e21-9a0b-5c4d3e2f1a00",
+        metadata=ImageMetadata(
+            patient_id="P00012345", patient_name="Doe^Jane", accession_number="ACC0001",
+            study_instance_uid="1.2.826.0.1.3680043.8.498.1", series_instance_uid="1.2.826.0.1.3680043.8.498.2",
+            sop_instance_uid="1.2.826.0.1.3680043.8.498.3", study_date=date(2024, 3, 5),
+            body_site="Upper back", laterality="L"),
+        image_rgb=image_rgb,
+        probabilities={c: (0.31 if c == MELANOMA else rest) for c in CLASS_NAMES},
+        triage=TriageLevel.URGENT,
+        triage_explanation="Melanoma probability 31.0 % is at or above this model's urgent threshold (12.0 %).",
+        thresholds=TriageThresholds(urgent_melanoma=0.12, soon_keratinocyte=0.2, min_confidence=0.4),
+        model_version="2024.03.1-bench", image_sha256="ab" * 32,
+        received_at=received, reported_at=received + timedelta(seconds=6),
+    )
+
+
 def bench_pdf(rgb: np.ndarray, runs: int) -> None:
     from PIL import Image as PILImage
     from reportlab import rl_config
 
-    from tests.test_report import make_content
     from worker.report import layout
 
     from reportlab.lib.rl_accel import _c_funcs
@@ -197,21 +223,38 @@ def bench_deviation(data: Path, version_dir: Path, n: int) -> None:
     model = LiteRTModel.from_version_dir(version_dir, meta["sha256"])
     th, temp = TriageThresholds(**meta["thresholds"]), float(meta["temperature"])
     paths = [p for p, _ in test_split(version_dir, data)][:n]
+    row = lambda r: dict(zip(CLASS_NAMES, map(float, r)))  # noqa: E731
+    mel = CLASS_NAMES.index("melanoma")
     for name, size in SIZES.items():
-        a, b = [], []
+        jpegs = []
         for path in paths:
             with Image.open(path) as im:
-                jpeg = upscaled_jpeg(np.asarray(im.convert("RGB")), size)
-            a.append(model.logits(to_model_input(decode_bytes(jpeg).rgb, 224)))
-            b.append(model.logits(to_model_input(reduced_jpeg(jpeg).decoded.rgb, 224)))
-        la, lb = np.concatenate(a), np.concatenate(b)
-        pa, pb = _calibrated(la, temp), _calibrated(lb, temp)
-        row = lambda r: dict(zip(CLASS_NAMES, map(float, r)))  # noqa: E731
-        changed = sum(decide(row(x), th) != decide(row(y), th) for x, y in zip(pa, pb))
-        mel = CLASS_NAMES.index("melanoma")
-        print(f"draft decode vs current decode, {len(paths)} real test images upscaled to {name}: "
-              f"max |Δ logit| {np.abs(la - lb).max():.3f}, max |Δ p(mel)| {np.abs(pa - pb)[:, mel].max():.4f}, "
-              f"triage level changed on {changed}")
+                jpegs.append(upscaled_jpeg(np.asarray(im.convert("RGB")), size))
+        variants = {
+            "current": lambda j: decode_bytes(j).rgb,
+            "draft>=224": lambda j: reduced_jpeg(j, 224).decoded.rgb,
+            "draft>=448": lambda j: reduced_jpeg(j, 448).decoded.rgb,
+            # yardstick: the same photo saved at JPEG quality 85 instead of 92, current decode
+            "current, JPEG q85": lambda j: decode_bytes(_requality(j, 85)).rgb,
+        }
+        logits = {k: np.concatenate([model.logits(to_model_input(f(j), 224)) for j in jpegs])
+                  for k, f in variants.items()}
+        pa = _calibrated(logits["current"], temp)
+        for k in list(variants)[1:]:
+            pb = _calibrated(logits[k], temp)
+            changed = sum(decide(row(x), th) != decide(row(y), th) for x, y in zip(pa, pb))
+            print(f"  {name} {k:<18} vs current, {len(paths)} real test images: max |Δ logit| "
+                  f"{np.abs(logits[k] - logits['current']).max():.3f}, max |Δ p(mel)| "
+                  f"{np.abs(pa - pb)[:, mel].max():.4f}, triage level changed on {changed}")
+
+
+def _requality(jpeg: bytes, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(jpeg)) as im:
+        im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def main() -> None:
@@ -229,10 +272,11 @@ def main() -> None:
     bench_decode(rgb, args.runs)
     for mode in ("noaccel", "accel"):
         pre = "import sys; sys.modules['_rl_accel'] = None; " if mode == "noaccel" else ""
-        code = (f"{pre}import runpy, sys; sys.argv = {[__file__, '--pdf-only', mode, '--runs', str(args.runs), '--data', str(args.data)]!r}; "
-                f"runpy.run_path({__file__!r}, run_name='__main__')")
+        argv = [__file__, "--pdf-only", mode, "--runs", str(args.runs), "--data", str(args.data)]
+        code = f"{pre}import runpy, sys; sys.argv = {argv!r}; runpy.run_path({__file__!r}, run_name='__main__')"
         print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout, end="")
     if args.version_dir:
+        print("model outputs, decode variants (LiteRT float32):")
         bench_deviation(args.data, args.version_dir, args.n_deviation)
 
 

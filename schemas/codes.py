@@ -63,6 +63,7 @@ class RetrainState(StrEnum):
     KEPT = "kept"
     FAILED = "failed"
     BUSY = "busy"  # another retraining held the lease; nothing was recorded
+    PENDING_APPROVAL = "pending_approval"  # passed the gates; stored, waits for ``models approve``
 
 
 class ModelAction(StrEnum):
@@ -73,6 +74,7 @@ class ModelAction(StrEnum):
     ROLLBACK = "rollback"
     SHADOW_ON = "shadow_on"
     SHADOW_OFF = "shadow_off"
+    APPROVE = "approve"  # a person made a retrained challenger that waited for approval current
 
 
 class DeliveryKind(StrEnum):

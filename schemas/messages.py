@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.classes import CLASS_NAMES
 from schemas.codes import Laterality
+from schemas.dicom_values import FIELD_RULES
 from schemas.states import TriageLevel
 
 
 class ImageMetadata(BaseModel):
-    """Patient and study identifiers of one image. Every field is optional."""
+    """Patient and study identifiers of one image. Every field is optional.
 
-    model_config = ConfigDict(extra="forbid")
+    Text fields are checked against their DICOM VR (``schemas.dicom_values``): a value
+    that breaks it is refused here, whether a caller sent it or a DICOM file held it.
+    Errors never echo the input (``hide_input_in_errors``): it is patient data.
+    """
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     patient_id: str | None = None
     patient_name: str | None = None
@@ -26,6 +32,14 @@ class ImageMetadata(BaseModel):
     study_date: date | None = None
     body_site: str | None = None
     laterality: str | None = None
+
+    @field_validator(*FIELD_RULES, mode="after")
+    @classmethod
+    def _dicom_vr(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Padding stripped, empty read as absent; too long or malformed: refused, never cut."""
+        if v is None:
+            return None
+        return FIELD_RULES[info.field_name].check(v) or None
 
     @field_validator("laterality")
     @classmethod

@@ -31,7 +31,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def make_settings(home: Path, **overrides) -> Settings:
-    values = dict(home=home, poll_interval_s=0.1, stable_scans=2, reconcile_interval_s=2.0)
+    values = dict(home=home, poll_interval_s=0.1, stable_scans=2, reconcile_interval_s=2.0,
+                  stable_seconds=0.3, incomplete_grace_seconds=3.0)
     values.update(overrides)
     return Settings(**values)
 

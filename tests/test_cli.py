@@ -253,3 +253,25 @@ def test_predict_walks_folders_and_reports_rejections(tmp_path, tiny_model_dir):
     assert clean.exit_code == 0 and "tiny-1" in clean.stdout
     empty = runner.invoke(app, ["predict", str(images), "--store", str(tmp_path / "no-store")])
     assert empty.exit_code == ExitCode.NOT_READY and empty.stdout == ""
+
+
+# ----------------------------------------------------------------------------- retrain
+
+@pytest.mark.parametrize(("state", "code"), [("kept", ExitCode.OK), ("failed", ExitCode.FAILED),
+                                             ("busy", ExitCode.BUSY)])
+def test_retrain_exit_codes_and_progress_on_stderr(tmp_path, monkeypatch, state, code):
+    import worker.retrain.cycle as cycle
+    from schemas import RetrainState
+
+    def fake_run(settings, trigger, negative_control, progress):
+        progress(1, 2, "taking the retraining lock")
+        print("a trainer log line")
+        return cycle.Outcome(state=RetrainState(state), champion="tiny-1")
+
+    monkeypatch.setattr(cycle, "run_retrain", fake_run)
+    runner = CliRunner()
+    assert runner.invoke(app, ["retrain", "--home", str(tmp_path / "home")]).exit_code == ExitCode.USAGE
+    result = runner.invoke(app, ["retrain", "--now", "--json", "--home", str(tmp_path / "home")])
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["state"] == state
+    assert "taking the retraining lock" in result.stderr and "a trainer log line" in result.stderr

@@ -558,3 +558,92 @@ def test_undeclared_utf8_patient_name_is_read_as_utf8():
     data = data.replace(b"Zoe^Anna", "Zoë^Ann".encode("utf-8"))  # same length: 8 bytes
     assert b"\x08\x00\x05\x00" not in data[:2000]  # no Specific Character Set element
     assert decode_bytes(data).metadata.patient_name == "Zoë^Ann"
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+def _explicit_dicom(lesion_size=(64, 64), **kwargs) -> bytes:
+    return dicom_bytes(lesion_rgb(lesion_size, seed=9), **kwargs)
+
+
+@pytest.mark.parametrize("at", [0.05, 0.3, 0.6, 0.95])
+def test_dicom_cut_before_its_pixel_data_is_truncated_not_without_pixels(at: float) -> None:
+    data = _explicit_dicom()
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # after (0002,0000)'s group
+    pixels = data.index(b"\xe0\x7f\x10\x00")
+    cut = meta_end + int((pixels - meta_end) * at) | 1  # odd: inside an element, never between
+    err = _rejected(data[:cut])
+    assert err.code == "truncated", err.reason
+    assert "the DICOM file is truncated: it ends inside element (" in err.reason
+
+
+@pytest.mark.parametrize("cut", [150, 201, 299])
+def test_dicom_cut_inside_its_file_meta_says_so(cut: int) -> None:
+    err = _rejected(_explicit_dicom()[:cut])
+    assert err.code == "dicom_invalid" and "ends inside its file meta" in err.reason, err.reason
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8, 0.99])
+def test_dicom_with_its_jpeg_fragments_cut_is_truncated(fraction: float) -> None:
+    data = _explicit_dicom(transfer_syntax=uid.JPEGBaseline8Bit, photometric="YBR_FULL_422")
+    err = _rejected(data[: int(len(data) * fraction)])
+    assert err.code == "truncated", err.reason
+    assert "(7FE0,0010) PixelData" in err.reason or "ends inside element" in err.reason
+
+
+def test_dicom_without_pixel_data_that_ends_cleanly_keeps_its_reason() -> None:
+    assert _rejected(dicom_without_pixels()).code == "dicom_no_pixel_data"
+
+
+def test_completeness_walkers_on_whole_files_and_prefixes(lesion: np.ndarray) -> None:
+    from worker.imaging.completeness import cut_short
+
+    whole = [jpeg_bytes(lesion), png_bytes(lesion), dicom_bytes(lesion),
+             dicom_bytes(lesion, uid.JPEGBaseline8Bit, "YBR_FULL_422"),
+             dicom_bytes(lesion, uid.RLELossless), jpeg_bytes(lesion, exif_orientation=6),
+             jpeg_bytes(lesion) + garbage_bytes(100), dicom_bytes(lesion) + garbage_bytes(100)]
+    for data in whole:
+        assert cut_short(data) is None
+        for fraction in (0.1, 0.5, 0.9):
+            assert cut_short(data[: int(len(data) * fraction)]) is not None
+    buf = BytesIO()
+    Image.fromarray(lesion).save(buf, format="JPEG", progressive=True)
+    assert cut_short(buf.getvalue()) is None and cut_short(buf.getvalue()[:-2]) is not None
+    assert cut_short(garbage_bytes()) is None and cut_short(b"") is None
+
+
+def test_completeness_walker_accepts_every_pydicom_test_file_that_is_whole() -> None:
+    from pathlib import Path
+
+    import pydicom.data
+
+    from worker.imaging.completeness import dicom_cut
+
+    shipped = sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm"))
+    assert len(shipped) > 50  # the files in the wheel, never downloaded
+    cut = [path.name for path in shipped if dicom_cut(path.read_bytes()) is not None]
+    assert sorted(cut) == ["MR_truncated.dcm", "rtplan_truncated.dcm"]
+
+
+# --------------------------------------------------------------------------- VR limits
+
+
+def test_dicom_identifiers_over_their_vr_reject_the_image_without_their_values() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = dicom_bytes(lesion_rgb((64, 64)), metadata={
+            "AccessionNumber": "ACC" + "7" * 40, "PatientName": "Doe^" + "J" * 70})
+    err = _rejected(data)
+    assert err.code == "dicom_invalid"
+    assert "AccessionNumber is longer than 16 characters (DICOM SH)" in err.reason
+    assert "PatientName has a component group longer than 64" in err.reason
+    assert "7777" not in err.reason and "JJJJ" not in err.reason
+
+
+def test_dicom_with_an_invalid_uid_is_rejected() -> None:
+    data = dicom_bytes(lesion_rgb((64, 64)), metadata={"StudyInstanceUID": "1.2.03.4"})
+    err = _rejected(data)
+    assert err.code == "dicom_invalid" and "StudyInstanceUID is not a valid DICOM UID" in err.reason

@@ -19,7 +19,7 @@ from worker.db import deliveries
 from worker.db.deliveries import Delivery
 from worker.db.models import Base
 from worker.results.cli import app as deliveries_app
-from worker.results.cli import delivery_status, format_delivery_status
+from worker.results.delivery_status import delivery_status, format_delivery_status
 from worker.results.delivery import backoff_s, deliver_results, display_url, dicom_outbox, resend
 from worker.results.webhook import SIGNATURE_HEADER, verify_signature
 

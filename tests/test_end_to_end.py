@@ -55,6 +55,7 @@ def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model
     store = ModelStore(home / "model_store")
     store.set_current(store.add_version(tiny_model_dir))
     env = dict(os.environ, TRIAGE_POLL_INTERVAL_S="0.2", TRIAGE_WORKER_CONCURRENCY="1",
+               TRIAGE_STABLE_SECONDS="1", TRIAGE_INCOMPLETE_GRACE_SECONDS="3",
                **backend_env)
     log_path = tmp_path / "run.log"  # a file, not a pipe: an unread pipe would block the tree
     with open(log_path, "w") as log:

@@ -1,4 +1,6 @@
-"""Classifier on a tiny generated model in a temporary store: shapes, calibration, triage."""
+"""Classifier on a tiny generated model in a temporary store: shapes, calibration, triage.
+
+The Classifier serves the version's LiteRT export; the Keras model is the reference."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, TriageLevel, TriageThresholds
+from worker.classify.export import export_version
 from worker.classify.inference import Classifier, configure_tensorflow
 from worker.classify.preprocess import to_model_input
 from worker.errors import ModelNotAvailable
@@ -37,6 +40,8 @@ def _write_version(root: Path, name: str, thresholds: TriageThresholds) -> None:
                          sha256=file_sha256(d / MODEL_FILE), input_size=SIZE, temperature=T,
                          thresholds=thresholds)
     (d / METADATA_FILE).write_text(meta.model_dump_json())
+    if name != "v-unexported":
+        export_version(d)  # what ModelStore.add_version does
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,8 @@ def store(tmp_path_factory) -> ModelStore:
                                                       min_confidence=0.2))
     _write_version(root, "v-unsure", TriageThresholds(urgent_melanoma=1.0, soon_keratinocyte=1.0,
                                                       min_confidence=1.0))
+    _write_version(root, "v-unexported", TriageThresholds(urgent_melanoma=0.99,
+                                                          soon_keratinocyte=0.99, min_confidence=0.0))
     s = ModelStore(root)
     s.set_current("v-normal")
     return s
@@ -109,6 +116,19 @@ def test_from_store_refuses_a_corrupt_model(store, tmp_path):
         Classifier.from_store(bad, "v-normal")
     with pytest.raises(ModelNotAvailable):
         Classifier.from_store(ModelStore(tmp_path / "empty"))
+
+
+def test_a_version_without_export_is_exported_on_load_or_refused_with_the_fix(store):
+    vdir = store.version_dir("v-unexported")
+    with pytest.raises(ModelNotAvailable, match="python -m worker.classify.export"):
+        Classifier.from_store(store, "v-unexported", allow_export=False)  # no TensorFlow here
+    try:
+        clf = Classifier.from_store(store, "v-unexported")  # TensorFlow installed: exported
+        assert (vdir / "model.tflite").is_file() and (vdir / "serving.json").is_file()
+        assert clf.predict(_rgb()).model_version == "v-unexported"
+    finally:
+        for name in ("model.tflite", "serving.json"):
+            (vdir / name).unlink(missing_ok=True)
 
 
 def test_importing_inference_does_not_import_tensorflow():

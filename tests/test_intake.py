@@ -14,7 +14,7 @@ from tests.imagegen import garbage_bytes, jpeg_bytes, lesion_rgb
 from worker.db.models import Image, Job, Submission
 from worker.intake.admission import Intake
 from worker.intake.names import safe_filename
-from worker.intake.watcher import PROCESSING_DIR, IntakeWatcher
+from worker.intake.watcher import NAME_SUFFIX, PROCESSING_DIR, IntakeWatcher
 
 
 class RecordingBroker:
@@ -96,6 +96,12 @@ def test_safe_filename(name, expected):
     assert safe_filename(name) == expected
 
 
+def _watcher(intake, folder: Path, stable_scans: int = 1, **timing) -> IntakeWatcher:
+    """A watcher that goes by scans only (no time window, no hold), unless told otherwise."""
+    timing = {"stable_seconds": 0, "incomplete_grace_seconds": 0, **timing}
+    return IntakeWatcher(intake, folder, stable_scans, **timing)
+
+
 def _drop(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)
@@ -103,7 +109,7 @@ def _drop(folder: Path, name: str, data: bytes) -> Path:
 
 
 def test_watcher_takes_a_file_only_when_stable(intake, migrated_settings, broker):
-    watcher = IntakeWatcher(intake, migrated_settings.intake_dir, stable_scans=2)
+    watcher = _watcher(intake, migrated_settings.intake_dir, stable_scans=2)
     path = _drop(migrated_settings.intake_dir, "growing.jpg", b"\xff\xd8\xff partial")
     assert watcher.scan_once() == []  # first sight
     with open(path, "ab") as f:
@@ -119,7 +125,7 @@ def test_watcher_takes_a_file_only_when_stable(intake, migrated_settings, broker
 
 
 def test_watcher_ignores_part_files_until_renamed(intake, migrated_settings):
-    watcher = IntakeWatcher(intake, migrated_settings.intake_dir, stable_scans=1)
+    watcher = _watcher(intake, migrated_settings.intake_dir)
     part = _drop(migrated_settings.intake_dir, "lesion.jpg.part", jpeg_bytes(lesion_rgb()))
     assert watcher.scan_once() == [] and part.exists()
     part.rename(part.with_name("lesion.jpg"))
@@ -132,7 +138,7 @@ def test_watcher_handles_odd_names_and_subfolders(intake, migrated_settings, ses
     names = ["with space.jpg", "ünïcödé.jpg", "..dots..jpg", "clinic A/nested.jpg"]
     for i, name in enumerate(names):
         _drop(folder, name, jpeg_bytes(lesion_rgb(seed=10 + i)))
-    watcher = IntakeWatcher(intake, folder, stable_scans=1)
+    watcher = _watcher(intake, folder)
     admissions = watcher.scan_once()
     assert len(admissions) == len(names)
     with sessions() as s:
@@ -143,16 +149,18 @@ def test_watcher_handles_odd_names_and_subfolders(intake, migrated_settings, ses
 
 
 def test_unreadable_file_is_recorded_and_moved(intake, migrated_settings, sessions, monkeypatch):
-    watcher = IntakeWatcher(intake, migrated_settings.intake_dir, stable_scans=1)
+    from worker.intake import watcher as watcher_module
+
+    watcher = _watcher(intake, migrated_settings.intake_dir)
     _drop(migrated_settings.intake_dir, "locked.jpg", b"\xff\xd8\xff")
-    real_read = Path.read_bytes
+    real_read = watcher_module.read_regular_file
 
-    def deny(self):
-        if self.name.endswith("locked.jpg"):
+    def deny(path, limit):
+        if watcher.original_name(path) == "locked.jpg":
             raise PermissionError(13, "Permission denied")
-        return real_read(self)
+        return real_read(path, limit)
 
-    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.setattr(watcher_module, "read_regular_file", deny)
     [adm] = watcher.scan_once()
     assert adm.state == JobState.REJECTED
     job = _job(sessions, adm.job_id)
@@ -161,20 +169,99 @@ def test_unreadable_file_is_recorded_and_moved(intake, migrated_settings, sessio
 
 
 def test_a_failed_admission_keeps_the_file_for_the_next_scan(migrated_settings, sessions):
+    from sqlalchemy.exc import OperationalError
+
     class Broken(Intake):
         calls = 0
 
         def admit_bytes(self, *a, **k):
             Broken.calls += 1
             if Broken.calls == 1:
-                raise RuntimeError("database down")
+                raise OperationalError("INSERT ...", {}, ConnectionError("database down"))
             return super().admit_bytes(*a, **k)
 
-    watcher = IntakeWatcher(Broken(migrated_settings, sessions, RecordingBroker()),
-                            migrated_settings.intake_dir, stable_scans=1)
+    watcher = _watcher(Broken(migrated_settings, sessions, RecordingBroker()),
+                       migrated_settings.intake_dir)
     _drop(migrated_settings.intake_dir, "lesion.jpg", jpeg_bytes(lesion_rgb()))
     assert watcher.scan_once() == []
-    assert len(list((migrated_settings.intake_dir / PROCESSING_DIR).iterdir())) == 1
+    processing = migrated_settings.intake_dir / PROCESSING_DIR
+    assert len([p for p in processing.iterdir() if not p.name.endswith(NAME_SUFFIX)]) == 1
     [adm] = watcher.scan_once()
     assert adm.state == JobState.RECEIVED
-    assert list((migrated_settings.intake_dir / PROCESSING_DIR).iterdir()) == []
+    assert list(processing.iterdir()) == []
+    with sessions() as s:
+        assert s.execute(select(Submission.original_name)).scalar_one() == "lesion.jpg"
+
+
+# --------------------------------------------------------------------------- door checks
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("accession_number", "A" * 17, "16 characters (DICOM SH)"),
+    ("patient_id", "P" * 65, "64 characters (DICOM LO)"),
+    ("body_site", "B" * 65, "64 characters (DICOM LO)"),
+    ("patient_name", "N" * 65, "component group longer than 64"),
+    ("patient_name", "A=B=C=D", "more than 3 component groups"),
+    ("patient_name", "a^b^c^d^e^f", "more than 5 components"),
+    ("study_instance_uid", "1.2.03", "not a valid DICOM UID"),
+    ("sop_instance_uid", "1." + "2" * 64, "64 characters (DICOM UI)"),
+    ("patient_id", "P1\\P2", "single value"),
+    ("patient_id", "P1\nP2", "control characters"),
+])
+def test_caller_metadata_breaking_its_dicom_vr_is_refused_without_echoing_it(field, value, rule):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        ImageMetadata(**{field: value})
+    assert rule in str(caught.value) and field in str(caught.value)
+    assert value not in str(caught.value)
+
+
+def test_metadata_within_its_vr_is_kept_with_padding_removed():
+    meta = ImageMetadata(patient_id=" P-1 ", accession_number="A" * 16, patient_name="=".join(
+        ["N" * 64] * 3), study_instance_uid="1.2.840.10008.0.1 ", body_site="  ")
+    assert (meta.patient_id, meta.accession_number, meta.body_site) == ("P-1", "A" * 16, None)
+    assert meta.study_instance_uid == "1.2.840.10008.0.1"
+
+
+def test_the_http_door_says_which_field_breaks_which_rule():
+    from worker.doors.http_api import parse_metadata
+
+    why = parse_metadata('{"accession_number": "ACC-1234567890123"}')
+    assert why == "accession_number: Value error, is longer than 16 characters (DICOM SH)"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("lesion.jpg", "lesion.jpg"),
+    ("x" * 300 + ".jpeg", "x" * 250 + ".jpeg"),
+    ("x" * 300, "x" * 255),
+    ("line\nbreak\x1b[31m.jpg", "line\ufffdbreak\ufffd[31m.jpg"),
+    (b"caf\xe9.jpg", "caf\ufffd.jpg"),
+    ("caf\udce9.jpg", "caf\ufffd.jpg"),  # os.listdir's surrogate escape of byte 0xE9
+    ("bad \ud800 surrogate.jpg", "bad ? surrogate.jpg"),
+    ("", None),
+    (None, None),
+])
+def test_recorded_name_is_valid_text_that_fits(name, expected):
+    from worker.intake.names import recorded_name
+
+    assert recorded_name(name) == expected
+
+
+def test_an_api_name_longer_than_the_limit_is_stored_shortened(intake, sessions):
+    adm = intake.admit_bytes(jpeg_bytes(lesion_rgb(seed=21)), SourceDoor.API,
+                             original_name="n" * 1000 + ".dcm")
+    with sessions() as s:
+        stored = s.execute(select(Submission.original_name)
+                           .where(Submission.job_id == adm.job_id)).scalar_one()
+    assert len(stored) == 255 and stored.endswith(".dcm")
+
+
+@pytest.mark.parametrize("name, hidden", [
+    (".DS_Store", True), ("._lesion.jpg", True), (".lesion.jpg.Ab12Cd", True), ("...", True),
+    ("..dots..jpg", False), ("lesion.jpg", False), ("..%2Fetc.jpg", False),
+])
+def test_hidden_names(name, hidden):
+    from worker.intake.watcher import is_hidden
+
+    assert is_hidden(name) is hidden

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -148,3 +149,36 @@ def test_an_unexpected_error_fails_the_job_once_with_a_sidecar(rt, migrated_sett
     assert (job.state, job.error_code) == ("failed", "internal_error")
     sidecar = json.loads((rt.settings.rejected_dir / f"{job_id}__crash_me.jpg.json").read_text())
     assert sidecar["state"] == "failed" and "RuntimeError" in sidecar["reason"]
+
+
+def test_the_report_is_placed_only_after_the_database_accepted_the_job(rt, monkeypatch):
+    real_complete = pipeline.jobs.complete
+    seen = {}
+
+    def complete(session, job_id, metadata, facts, result, usable, report_path, *a, **k):
+        seen["placed before commit"] = os.path.exists(report_path)
+        seen["pending"] = [p.name for p in rt.settings.reports_dir.iterdir()]
+        return real_complete(session, job_id, metadata, facts, result, usable, report_path,
+                             *a, **k)
+
+    monkeypatch.setattr(pipeline.jobs, "complete", complete)
+    job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=42)), name="order.jpg")
+    assert pipeline.process_job(rt, job_id) == "done"
+    assert seen["placed before commit"] is False
+    assert len(seen["pending"]) == 1 and seen["pending"][0].endswith(".pending")
+    with rt.sessions() as s:
+        report = s.execute(select(Report).where(Report.job_id == job_id)).scalar_one()
+    assert [p.name for p in rt.settings.reports_dir.iterdir()] == [os.path.basename(report.path)]
+
+
+def test_a_refused_commit_leaves_no_report_behind(rt, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    def refuse(*_a, **_k):
+        raise IntegrityError("UPDATE images ...", {}, Exception("refused"))
+
+    monkeypatch.setattr(pipeline.jobs, "complete", refuse)
+    job_id = _admit(rt, jpeg_bytes(lesion_rgb(seed=43)), name="refused.jpg")
+    with pytest.raises(IntegrityError):
+        pipeline.process_job(rt, job_id)
+    assert list(rt.settings.reports_dir.iterdir()) == []

@@ -139,8 +139,11 @@ def test_quality_note_is_shown(tmp_path: Path) -> None:
 
 def test_long_hostile_values_stay_on_one_page(tmp_path: Path) -> None:
     long = "<b>&amp; " + "x" * 5000
+    # Values the door refuses today (DICOM VR lengths): the layout must still hold if one
+    # ever gets past it, so the metadata is built without validation.
     content = make_content(
-        metadata=ImageMetadata(patient_name=long, body_site=long, accession_number="A" * 300),
+        metadata=ImageMetadata.model_construct(patient_name=long, body_site=long,
+                                               accession_number="A" * 300),
         triage_explanation=long,
         quality_note=" ".join(["The image is blurred."] * 200),
         model_version="v" * 500,
@@ -243,7 +246,9 @@ def test_content_is_validated(overrides: dict, message: str) -> None:
         (ImageMetadata(accession_number="Müller-Zoë"), "Muller-Zoe"),
         (ImageMetadata(accession_number="李小龙", patient_id="P3"), "P3"),
         (ImageMetadata(accession_number=".hidden"), "hidden"),
-        (ImageMetadata(accession_number="a\\b/c:d*e?f"), "a_b_c_d_e_f"),
+        # Refused at the door (a backslash separates DICOM values), yet the file name must
+        # stay safe whatever reaches it: built without validation.
+        (ImageMetadata.model_construct(accession_number="a\\b/c:d*e?f"), "a_b_c_d_e_f"),
         (ImageMetadata(accession_number="-rf"), "rf"),
     ],
 )
@@ -252,9 +257,12 @@ def test_report_filename(metadata: ImageMetadata, expected_key: str) -> None:
 
 
 def test_report_filename_is_bounded_and_safe() -> None:
-    name = report_filename(ImageMetadata(accession_number="A" * 1000), "j" * 1000)
+    # Values the door refuses (too long, control characters), built without validation:
+    # the file name must be safe whatever gets past it.
+    name = report_filename(ImageMetadata.model_construct(accession_number="A" * 1000), "j" * 1000)
     assert len(name) <= 140
-    hostile = report_filename(ImageMetadata(accession_number="../..//..\x00\n"), "../x y")
+    hostile = report_filename(ImageMetadata.model_construct(accession_number="../..//..\x00\n"),
+                              "../x y")
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pdf", hostile)
     assert ".." not in hostile and "/" not in hostile
     assert hostile == "NOID_x_y.pdf"

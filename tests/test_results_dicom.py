@@ -27,9 +27,9 @@ from worker.imaging.decode import decode_bytes
 from worker.results.dicom_objects import (
     DERMOSCOPY_SOP,
     VL_PHOTOGRAPHIC_SOP,
-    build_dicom_results,
     write_objects,
 )
+from worker.results.dicom_results import build_dicom_results
 from worker.results.dicom_sender import DicomDestination, parse_destinations, send_files
 from worker.results.errors import DeliveryError
 

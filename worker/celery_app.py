@@ -12,7 +12,18 @@ from collections.abc import Callable
 from celery import Celery
 from celery.schedules import crontab
 
-from worker.queues import PROCESS_TASK, RECONCILE_TASK, RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE
+from worker.queues import (
+    DELIVER_QUEUE,
+    DELIVER_TASK,
+    MAINTENANCE_QUEUE,
+    PROCESS_TASK,
+    RECONCILE_TASK,
+    REDELIVER_TASK,
+    RETRAIN_QUEUE,
+    RETRAIN_TASK,
+    TRIAGE_QUEUE,
+)
+from worker.filesystem_broker import prepare_control_folder
 from worker.settings import Settings
 
 
@@ -35,12 +46,24 @@ def _transport_options(settings: Settings) -> dict:
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Longer than any task may run, or an acks_late task is delivered twice.
-        return {"visibility_timeout": max(3600, settings.task_time_limit_s * 2)}
+        from worker.results.redelivery import delivery_time_limit_s
+
+        return {"visibility_timeout": max(3600, settings.task_time_limit_s * 2,
+                                          delivery_time_limit_s(settings) * 2)}
     return {}
 
 
+#: Queues whose exchange files the embedded broker needs before any process binds them.
+QUEUES = (TRIAGE_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, DELIVER_QUEUE)
+
+
 def create_app(settings: Settings) -> Celery:
-    """A configured app without tasks; ``app.triage_settings`` carries the settings along."""
+    """A configured app without tasks; ``app.triage_settings`` carries the settings along.
+
+    On the embedded filesystem broker every process first makes the broker's exchange
+    files whole (``worker.filesystem_broker``): kombu's own creation of them races."""
+    if settings.uses_filesystem_broker:
+        prepare_control_folder(settings.broker_dir / "control", QUEUES)
     app = Celery("melanoma_triage")
     app.conf.update(
         broker_url=settings.broker_url,
@@ -56,12 +79,24 @@ def create_app(settings: Settings) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
         task_default_queue=TRIAGE_QUEUE,
-        task_routes={RETRAIN_TASK: {"queue": RETRAIN_QUEUE}},
+        task_routes={RETRAIN_TASK: {"queue": RETRAIN_QUEUE},
+                     RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
+                     DELIVER_TASK: {"queue": DELIVER_QUEUE},
+                     REDELIVER_TASK: {"queue": MAINTENANCE_QUEUE}},
         worker_hijack_root_logger=False,
         beat_schedule={
-            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_s},
+            # Its own queue, so it never waits behind a backlog; a pass that could not run
+            # within two periods (no worker up) expires instead of piling up.
+            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_s,
+                               "options": {"queue": MAINTENANCE_QUEUE,
+                                           "expires": 2 * settings.reconcile_interval_s}},
             "retrain": {"task": RETRAIN_TASK, "schedule": _crontab(settings.retrain_cron),
                         "args": ["schedule"], "options": {"queue": RETRAIN_QUEUE}},
+            # Lost deliver messages (worker.results.redelivery), at most once per period;
+            # beside the reconciler, not behind a delivery that waits through its retries.
+            "redeliver-results": {"task": REDELIVER_TASK, "schedule": settings.reconcile_interval_s,
+                                  "options": {"queue": MAINTENANCE_QUEUE,
+                                              "expires": settings.reconcile_interval_s}},
         },
         timezone="UTC",
     )
@@ -76,3 +111,20 @@ def process_sender(app: Celery) -> Callable[[str], None]:
         app.send_task(PROCESS_TASK, args=[job_id], queue=TRIAGE_QUEUE)
 
     return send
+
+
+def deliver_sender(app: Celery, expires_s: float | None = None) -> Callable[[str], None]:
+    """The ``send`` that hands one finished job to the ``deliver`` queue (results to PACS,
+    FHIR and webhooks). ``expires_s``: the message is dropped unread after that long (the
+    redelivery sweep's copies, so that a stopped deliver worker does not pile them up)."""
+
+    def send(job_id: str) -> None:
+        app.send_task(DELIVER_TASK, args=[job_id], queue=DELIVER_QUEUE, expires=expires_s)
+
+    return send
+
+
+def broker_connection_check(app: Celery) -> None:
+    """Raise when the broker cannot be reached within a few seconds (health checks)."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)

@@ -190,12 +190,14 @@ def db_upgrade(home: HomeOption = None,
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
     from worker.doors.cli import register as register_doors
+    from worker.results.cli import app as deliveries_app
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
 
     register_training(app)
     register_retrain(app)
     register_doors(app)  # serve, receive-dicom, tokens
+    app.add_typer(deliveries_app, name="deliveries")  # deliveries list|resend
 
 
 _register_command_groups()

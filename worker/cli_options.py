@@ -33,7 +33,7 @@ def settings_for(home: Path | None) -> Settings:
 def ready_settings(home: Path | None, database: bool = True) -> Settings:
     """Settings for a read-only command: a home that is not set up yet ends the command with
     one line and exit code 3; nothing is created or migrated."""
-    from worker.status import readiness_problem
+    from worker.readiness import readiness_problem
 
     settings = settings_for(home)
     problem = readiness_problem(settings, database=database)

@@ -1,15 +1,26 @@
-"""One job, start to finish: decode, check, classify, report, persist. No Celery here."""
+"""One job, start to finish: decode, check, classify, report, persist. No Celery here.
+
+No side effect before the database accepts the job's row: the PDF is rendered to a hidden
+pending file, the row is committed, and only then is the PDF renamed into place (the
+pending file is deleted if the commit fails). Outbound results are sent after ``done``.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from schemas import ImageMetadata, PredictionResult
 from worker.classify.triage import explain
 from worker.db import jobs
+from worker.durable import fsync_dir
 from worker.errors import InputRejected
+from worker.heartbeat import JobHeartbeat
 from worker.imaging import DecodeLimits, decode_bytes
+from worker.imaging.decode import DRAFT_MIN_SIDE
 from worker.imaging.quality import assess_quality
 from worker.intake import archive
 from worker.intake.rejections import record_rejection
@@ -27,14 +38,25 @@ def process_job(rt: Runtime, job_id: str) -> str:
     """Returns the job's final state. Idempotent: a finished job is left as it is."""
     settings = rt.settings
     with rt.sessions.begin() as s:
-        item = jobs.start_attempt(s, job_id, settings.max_attempts)
+        item = jobs.start_attempt(s, job_id, settings.max_attempts,
+                                  lease=timedelta(seconds=settings.job_lease_s))
     if item is None:
-        log.info("job %s: nothing to do (finished or out of attempts)", job_id)
+        log.info("job %s: nothing to do (finished, held by a live attempt, or out of attempts)",
+                 job_id)
         return "skipped"
+    with JobHeartbeat(rt.sessions, job_id, item.attempt, settings.job_lease_s,
+                      max_s=settings.task_time_limit_s) as lease:
+        return _process(rt, item, lease)
+
+
+def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
+    """The attempt ``item``, under its lease: the report is written only while it is held."""
+    settings, job_id = rt.settings, item.job_id
     try:
         data = archive.load(item.archive_path)
         decoded = decode_bytes(
-            data, DecodeLimits(max_bytes=settings.max_file_bytes, max_pixels=settings.max_image_pixels)
+            data, DecodeLimits(max_bytes=settings.max_file_bytes, max_pixels=settings.max_image_pixels),
+            draft_min_side=DRAFT_MIN_SIDE,  # a large JPEG decoded at the size triage needs
         )
     except InputRejected as exc:
         record_rejection(rt.sessions, settings.rejected_dir, job_id, exc.code, exc.reason, data=data)
@@ -47,6 +69,8 @@ def process_job(rt: Runtime, job_id: str) -> str:
     metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
     thresholds = classifier.metadata.thresholds
     report_path = settings.reports_dir / report_filename(metadata, job_id)
+    pending = pending_report_path(report_path)  # becomes report_path once the database agrees
+    lease.check()  # a superseded attempt must not overwrite the report of the one that won
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     report_sha = render_report(
         ReportContent(
@@ -63,21 +87,50 @@ def process_job(rt: Runtime, job_id: str) -> str:
             reported_at=datetime.now(timezone.utc),
             quality_note=quality_reason,
         ),
-        report_path,
+        pending,
     )
     facts = {
         "source_format": decoded.source_format,
-        "width": int(decoded.rgb.shape[1]),
-        "height": int(decoded.rgb.shape[0]),
+        "width": decoded.width,  # as the file declares it (a large JPEG is decoded smaller)
+        "height": decoded.height,
         "transfer_syntax": decoded.transfer_syntax,
         "photometric": decoded.photometric,
     }
     shadow = _shadow_prediction(rt, decoded.rgb, usable, job_id)
-    with rt.sessions.begin() as s:
-        jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path), report_sha,
-                      shadow_results=shadow)
+    placed = False
+    try:
+        with rt.sessions.begin() as s:
+            stored = jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path),
+                                   report_sha, shadow_results=shadow, attempt=item.attempt)
+            if stored:
+                s.flush()  # the database has accepted the rows (lengths, constraints) ...
+                # ... and holds the job's row for this attempt: the report goes into place
+                # now, before the commit. A kill between the two leaves the job unfinished,
+                # so it runs again and renames over the same path; placed after the commit,
+                # a kill would leave a done job with no report.
+                place_report(pending, report_path)
+                placed = True
+    except BaseException:
+        if not placed:
+            pending.unlink(missing_ok=True)  # no report beside a job the database refused
+        raise  # placed but the commit failed: the retry writes the same path again
+    if not stored:
+        pending.unlink(missing_ok=True)
+        log.info("job %s: attempt %d was superseded; its result is not stored", job_id, item.attempt)
+        return "skipped"
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
+
+
+def pending_report_path(report_path: Path) -> Path:
+    """A hidden name beside the report (not ``*.pdf``: readers of the folder skip it)."""
+    return report_path.with_name(f".{report_path.name}.{uuid.uuid4().hex}.pending")
+
+
+def place_report(pending: Path, report_path: Path) -> None:
+    """Rename the rendered report into place, after its row was committed (durably)."""
+    os.replace(pending, report_path)
+    fsync_dir(report_path.parent)
 
 
 def _shadow_prediction(rt: Runtime, rgb, usable: bool, job_id: str) -> tuple[PredictionResult, ...]:

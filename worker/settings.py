@@ -30,11 +30,21 @@ class Settings(BaseSettings):
 
     poll_interval_s: float = Field(2.0, gt=0, description="Intake folder scan period")
     stable_scans: int = Field(2, ge=1, description="Scans with unchanged size and mtime before a file is taken")
+    stable_seconds: float = Field(
+        30.0, ge=0, description="A dropped file is taken only after its size and mtime have not changed "
+        "for this long (long enough for a copy over a slow network share that stalls)")
+    incomplete_grace_seconds: float = Field(
+        120.0, ge=0, description="A taken file that ends early (no JPEG end marker, no PNG IEND, a DICOM "
+        "element cut) is held this long, unchanged, in case its writer resumes; then it is judged as it is")
     max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it is marked failed")
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
-    stale_after_s: int = Field(600, description="A queued/running job untouched this long is re-enqueued")
-    reconcile_interval_s: float = 60.0
+    stale_after_s: int = Field(600, gt=0, description="A queued job with no message sent this long is sent again (once per period)")
+    reconcile_interval_s: float = Field(10.0, gt=0, description="Reconciler period (beat): re-sends jobs of dead workers")
+    job_lease_s: int = Field(20, ge=2, description="Lease of a running attempt, renewed every third; once past, the job is sent again")
+    supervisor_max_restarts: int = Field(5, ge=1, description="run gives up when a child exits this often within the window")
+    supervisor_window_s: float = Field(60.0, gt=0, description="Window of supervisor_max_restarts (seconds)")
+    supervisor_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait before restarting a child")
     worker_concurrency: int = 1
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra-op threads per worker process")
     max_image_pixels: int = 50_000_000
@@ -51,7 +61,12 @@ class Settings(BaseSettings):
     retrain_min_positives: int = Field(10, ge=1, description="Melanomas (and others) the locked set needs")
     retrain_lock_ttl_s: int = Field(600, ge=10, description="Retraining lease; renewed every third of it")
     retrain_time_limit_s: int = Field(6 * 3600, ge=60, description="Hard time limit of the retrain task")
+    promotion_requires_approval: bool = Field(
+        False, description="A retrained challenger that passes the gates waits as pending_approval for "
+        "`models approve VERSION --by --reason` instead of becoming current")
     # Network doors (worker/doors): DICOM C-STORE receiver and HTTP API.
+    dicom_enabled: bool = Field(True, description="melanoma-triage run starts the DICOM receiver")
+    http_enabled: bool = Field(True, description="melanoma-triage run starts the HTTP API")
     dicom_ae_title: str = Field("MELTRIAGE", min_length=1, max_length=16, description="Our AE title")
     dicom_host: str = Field("0.0.0.0", description="Address the DICOM receiver listens on")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM receiver port (0: any free port)")

@@ -1,21 +1,30 @@
 """Export a model-store version's Keras model to LiteRT, so that workers serve it without TensorFlow.
 
-Run on the training side (TensorFlow and Keras installed) when a version is created or added
-to the store. Writes ``model.tflite`` (float32: the same arithmetic as Keras, |Δ logit| ~1e-6)
-and ``serving.json`` beside ``model.keras``. ``serving.json`` records the exported file's sha256,
+Runs when a version is added to the store (``ModelStore.add_version``: train, retrain and
+calibrate all go through it), on the side that has TensorFlow and Keras installed. Writes
+``model.tflite`` (float32: the same arithmetic as Keras, |Δ logit| ~1e-5) and
+``serving.json`` beside ``model.keras``. ``serving.json`` records the exported file's sha256,
 the sha256 of the Keras file it came from, and the largest logit difference between the two on
 deterministic probe images, measured at export time; a version whose export disagrees with its
 Keras model is refused here, before any worker can serve it.
 
-TensorFlow is imported inside the functions: importing this module costs nothing.
+TensorFlow is imported inside the functions: importing this module costs nothing. A process
+that has not imported TensorFlow (the ``run`` parent, a serving worker) exports in a child
+process (:func:`ensure_export`), so TensorFlow never enters it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import importlib.util
 import io
 import json
+import logging
 import os
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +39,13 @@ SERVING_FORMAT = "litert-float32"
 # float32 LiteRT/XNNPACK differs by summation order only: ~2e-6 measured on EfficientNet-Lite0.
 MAX_LOGIT_DELTA = 1e-3
 PROBE_IMAGES = 8
+#: A child process that exports one version (Lite0: ~20 s of TensorFlow start and conversion).
+EXPORT_TIMEOUT_S = 900
+#: Conversions kept in memory per process (by Keras sha256; Lite0's flatbuffer is 13 MB).
+MAX_KEPT_CONVERSIONS = 4
+
+log = logging.getLogger(__name__)
+_conversions: dict[str, tuple[bytes, float, str]] = {}
 
 
 def probe_batch(input_size: int, n: int = PROBE_IMAGES, seed: int = 0) -> np.ndarray:
@@ -49,8 +65,18 @@ def probe_batch(input_size: int, n: int = PROBE_IMAGES, seed: int = 0) -> np.nda
     return out
 
 
-def _convert(model_path: Path) -> tuple[bytes, object]:
-    """The float32 flatbuffer and the loaded Keras model (kept to compare the two)."""
+def _convert(model_path: Path, keras_sha256: str, input_size: int) -> tuple[bytes, float, str]:
+    """The float32 flatbuffer, its largest |Δ logit| against Keras on the probe images, and the
+    converter's name. Kept per Keras file content (a few): the same model added to several
+    stores, or from a staging copy, converts once per process."""
+    if keras_sha256 not in _conversions:
+        if len(_conversions) >= MAX_KEPT_CONVERSIONS:
+            _conversions.pop(next(iter(_conversions)))
+        _conversions[keras_sha256] = _run_converter(model_path, input_size)
+    return _conversions[keras_sha256]
+
+
+def _run_converter(model_path: Path, input_size: int) -> tuple[bytes, float, str]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -58,7 +84,12 @@ def _convert(model_path: Path) -> tuple[bytes, object]:
     model = keras.saving.load_model(model_path, compile=False)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every captured tensor spec
-        return converter.convert(), model
+        flatbuffer = converter.convert()
+    probe = probe_batch(input_size)
+    expected = np.asarray(model(probe, training=False), dtype=np.float32)
+    got = LiteRTModel.from_bytes(flatbuffer, num_threads=1).logits(probe)
+    delta = float(np.abs(got - expected).max())
+    return flatbuffer, delta, f"tensorflow {tf.__version__} TFLiteConverter.from_keras_model"
 
 
 def export_version(version_dir: Path) -> Path:
@@ -66,7 +97,8 @@ def export_version(version_dir: Path) -> Path:
 
     Idempotent: a version whose ``serving.json`` already matches both files is left alone.
     The files are written atomically, tflite first, so a reader that finds ``serving.json``
-    finds the model it describes.
+    finds the model it describes; a lock on the folder keeps two processes from interleaving
+    them (two workers finding the same version without an export).
     """
     version_dir = Path(version_dir)
     keras_path = version_dir / MODEL_FILE
@@ -75,37 +107,92 @@ def export_version(version_dir: Path) -> Path:
     if keras_sha != meta["sha256"]:
         raise ModelNotAvailable(f"{version_dir}: {MODEL_FILE} does not match model.json sha256")
     target = version_dir / SERVING_MODEL_FILE
-    existing = read_serving(version_dir)
-    if existing and existing.get("source_sha256") == keras_sha and target.is_file() \
-            and file_sha256(target) == existing.get("sha256"):
-        return target
-
-    flatbuffer, model = _convert(keras_path)
-    write_atomic(target, flatbuffer)
-    probe = probe_batch(int(meta["input_size"]))
-    expected = np.asarray(model(probe, training=False), dtype=np.float32)
-    got = LiteRTModel(target, num_threads=1).logits(probe)
-    delta = float(np.abs(got - expected).max())
-    if not delta <= MAX_LOGIT_DELTA:
-        target.unlink(missing_ok=True)
-        raise ModelNotAvailable(
-            f"{version_dir.name}: LiteRT export differs from Keras by {delta:.2e} logits "
-            f"(> {MAX_LOGIT_DELTA}); not serving it")
-    import tensorflow as tf
-
-    record = {
-        "format": SERVING_FORMAT,
-        "file": SERVING_MODEL_FILE,
-        "sha256": file_sha256(target),
-        "source_file": MODEL_FILE,
-        "source_sha256": keras_sha,
-        "input_size": int(meta["input_size"]),
-        "converter": f"tensorflow {tf.__version__} TFLiteConverter.from_keras_model",
-        "probe_images": len(probe),
-        "probe_max_abs_logit_delta": delta,
-    }
-    write_atomic(version_dir / SERVING_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    lock = os.open(version_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if serving_is_current(version_dir, keras_sha):
+            return target
+        flatbuffer, delta, converter = _convert(keras_path, keras_sha, int(meta["input_size"]))
+        if not delta <= MAX_LOGIT_DELTA:
+            raise ModelNotAvailable(
+                f"{version_dir.name}: LiteRT export differs from Keras by {delta:.2e} logits "
+                f"(> {MAX_LOGIT_DELTA}); not serving it")
+        write_atomic(target, flatbuffer)
+        record = {
+            "format": SERVING_FORMAT,
+            "file": SERVING_MODEL_FILE,
+            "sha256": file_sha256(target),
+            "source_file": MODEL_FILE,
+            "source_sha256": keras_sha,
+            "input_size": int(meta["input_size"]),
+            "converter": converter,
+            "probe_images": PROBE_IMAGES,
+            "probe_max_abs_logit_delta": delta,
+        }
+        write_atomic(version_dir / SERVING_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    finally:
+        os.close(lock)  # releases the lock
     return target
+
+
+def serving_is_current(version_dir: Path, keras_sha256: str) -> bool:
+    """The version has an intact export made from the Keras model ``keras_sha256``."""
+    record = read_serving(version_dir)
+    if not record or record.get("source_sha256") != keras_sha256:
+        return False
+    path = Path(version_dir) / record.get("file", SERVING_MODEL_FILE)
+    return path.is_file() and file_sha256(path) == record.get("sha256")
+
+
+def tensorflow_installed() -> bool:
+    """Whether this environment can export (the ``[train]`` extra), without importing TensorFlow."""
+    return "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is not None
+
+
+def adopt_export(version_dir: Path, keras_sha256: str, donors: Iterable[Path] = ()) -> bool:
+    """True when ``version_dir`` has a current export, copying one from a ``donor`` version
+    exported from the same Keras file if need be (no TensorFlow needed)."""
+    version_dir = Path(version_dir)
+    if serving_is_current(version_dir, keras_sha256):
+        return True
+    for donor in donors:
+        donor = Path(donor)
+        if donor != version_dir and serving_is_current(donor, keras_sha256):
+            record = read_serving(donor)
+            write_atomic(version_dir / SERVING_MODEL_FILE,
+                         (donor / record.get("file", SERVING_MODEL_FILE)).read_bytes())
+            write_atomic(version_dir / SERVING_FILE, (donor / SERVING_FILE).read_bytes())
+            if serving_is_current(version_dir, keras_sha256):
+                return True
+    return False
+
+
+def ensure_export(version_dir: Path, keras_sha256: str, donors: Iterable[Path] = ()) -> bool:
+    """Give ``version_dir`` its serving export; False when this environment cannot make one.
+
+    Cheapest first: an export already there; a copy from a ``donor`` version exported from
+    the same Keras file (a site calibration copies the model unchanged); a conversion here,
+    when this process already runs TensorFlow; else in a child process, so that TensorFlow
+    never enters a serving process or the ``run`` parent.
+    """
+    version_dir = Path(version_dir)
+    if adopt_export(version_dir, keras_sha256, donors):
+        return True
+    if "tensorflow" in sys.modules:
+        export_version(version_dir)
+        return True
+    if not tensorflow_installed():
+        log.warning("model %s has no LiteRT export and TensorFlow is not installed here; "
+                    "workers cannot serve it until `python -m worker.classify.export %s` runs "
+                    "where the [train] extra is installed", version_dir.name, version_dir)
+        return False
+    proc = subprocess.run([sys.executable, "-m", "worker.classify.export", str(version_dir)],
+                          capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelNotAvailable(f"model {version_dir.name}: LiteRT export failed ({last[:300]})")
+    return serving_is_current(version_dir, keras_sha256)
 
 
 def read_serving(version_dir: Path) -> dict | None:
@@ -118,8 +205,6 @@ def read_serving(version_dir: Path) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m worker.classify.export VERSION_DIR...``: export versions shipped without one."""
-    import sys
-
     for arg in (argv if argv is not None else sys.argv[1:]):
         path = export_version(Path(arg))
         print(f"{path}  {read_serving(path.parent)['probe_max_abs_logit_delta']:.2e} max |Δ logit|")

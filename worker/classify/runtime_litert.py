@@ -38,21 +38,29 @@ class LiteRTModel:
     demand so that a worker may micro-batch waiting jobs.
     """
 
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
+    def __init__(self, path: Path | None, num_threads: int = 1, content: bytes | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            if content is not None:
+                self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            else:
+                self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:  # a corrupt or foreign file
-            raise ModelNotAvailable(f"{self.path} cannot be loaded by LiteRT: {exc}") from exc
+            raise ModelNotAvailable(f"{self.path or 'model'} cannot be loaded by LiteRT: {exc}") from exc
         inp = self._interpreter.get_input_details()[0]
         self._input = inp["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self.input_size = int(inp["shape"][1])
         self._batch = int(inp["shape"][0])
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_bytes(cls, flatbuffer: bytes, num_threads: int = 1) -> LiteRTModel:
+        """A flatbuffer held in memory (the exporter checks its conversion before writing it)."""
+        return cls(None, num_threads=num_threads, content=flatbuffer)
 
     @classmethod
     def from_version_dir(cls, version_dir: Path, expected_keras_sha256: str,
@@ -63,7 +71,9 @@ class LiteRTModel:
             record = json.loads((version_dir / SERVING_FILE).read_text())
         except FileNotFoundError as exc:
             raise ModelNotAvailable(
-                f"model {version_dir.name} has no {SERVING_FILE}: run worker.classify.export") from exc
+                f"model {version_dir.name} has no LiteRT export ({SERVING_FILE}, {SERVING_MODEL_FILE}): "
+                f"run `python -m worker.classify.export {version_dir}` where TensorFlow is "
+                "installed (the [train] extra)") from exc
         if record.get("source_sha256") != expected_keras_sha256:
             raise ModelNotAvailable(f"model {version_dir.name}: {SERVING_MODEL_FILE} was exported "
                                     "from a different model.keras")

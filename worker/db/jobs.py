@@ -3,20 +3,30 @@
 State machine: received -> queued -> running -> done | rejected | failed. Transitions are
 conditional updates, so a redelivered or duplicated task message cannot move a finished
 job backwards.
+
+Leases: an attempt holds the job until ``lease_expires_at``; its heartbeat renews the lease
+(:func:`renew_lease`). A delivery that finds a live lease does nothing (the holder is
+working); one that finds it expired starts the next attempt. Only the attempt that still
+holds the job's attempt number may complete it (:func:`complete`), so a late finisher of a
+superseded attempt cannot write a second result. The reconciler re-sends a job whose lease
+expired, or that waits in the broker too long, at most once per period
+(:func:`claim_resend`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas import CLASS_NAMES, ImageMetadata, JobState, PredictionResult, RejectionReason
 from worker.db.models import Job, Prediction, Report, Submission, utcnow
 
 _ACTIVE = (JobState.RECEIVED.value, JobState.QUEUED.value, JobState.RUNNING.value)
+#: Lease of an attempt when the caller names none (seconds; settings.job_lease_s).
+DEFAULT_LEASE = timedelta(seconds=20)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ def mark_queued(session: Session, job_id: str) -> None:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.in_(_ACTIVE))
-        .values(state=JobState.QUEUED.value, queued_at=utcnow(), updated_at=utcnow())
+        .values(state=JobState.QUEUED.value, queued_at=utcnow(), updated_at=utcnow(),
+                last_sent_at=utcnow(), sent_count=Job.sent_count + 1)
     )
 
 
@@ -48,12 +59,36 @@ def unmark_queued(session: Session, job_id: str) -> None:
     )
 
 
-def start_attempt(session: Session, job_id: str, max_attempts: int) -> WorkItem | None:
-    """Claim a job for processing; None when it is finished or has used up its attempts."""
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored in UTC)."""
+    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+
+
+def lease_is_live(job: Job, now: datetime | None = None) -> bool:
+    """A running attempt whose heartbeat is still renewing its lease."""
+    expires = _aware(job.lease_expires_at)
+    return (job.state == JobState.RUNNING.value and expires is not None
+            and expires > (now or utcnow()))
+
+
+def start_attempt(session: Session, job_id: str, max_attempts: int,
+                  lease: timedelta = DEFAULT_LEASE) -> WorkItem | None:
+    """Claim a job for processing under a lease; None when it is finished, held by a live
+    attempt (a duplicate or early redelivery), or has used up its attempts.
+
+    Every attempt that starts counts against ``max_attempts`` until it ends: one whose
+    worker dies (kill -9, OOM) cannot be told from one whose image kills the worker, so a
+    job that dies with its worker each time ends ``failed`` (attempts_exhausted). A
+    delivery that finds a live lease does not count, and :func:`release` gives back an
+    attempt stopped by trouble outside the image.
+    """
     job = session.execute(
         select(Job).where(Job.id == job_id).with_for_update()
     ).scalar_one_or_none()
     if job is None or job.state not in _ACTIVE:
+        return None
+    now = utcnow()
+    if lease_is_live(job, now):
         return None
     if job.attempts >= max_attempts:
         _finish(job, JobState.FAILED, RejectionReason.ATTEMPTS_EXHAUSTED,
@@ -61,7 +96,8 @@ def start_attempt(session: Session, job_id: str, max_attempts: int) -> WorkItem 
         return None
     job.attempts += 1
     job.state = JobState.RUNNING.value
-    job.started_at = job.updated_at = utcnow()
+    job.started_at = job.updated_at = now
+    job.lease_expires_at = now + lease
     image = job.image
     return WorkItem(
         job_id=job.id,
@@ -73,12 +109,28 @@ def start_attempt(session: Session, job_id: str, max_attempts: int) -> WorkItem 
     )
 
 
+def renew_lease(session: Session, job_id: str, attempt: int,
+                lease: timedelta = DEFAULT_LEASE) -> bool:
+    """Extend the lease of ``attempt``; False when the job is finished or another attempt
+    has taken it. A job the reconciler re-queued while this attempt was cut off (database
+    away longer than the lease) is taken back: the holder is alive after all."""
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt,
+               Job.state.in_([JobState.RUNNING.value, JobState.QUEUED.value]))
+        .values(state=JobState.RUNNING.value, lease_expires_at=now + lease, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
 def release(session: Session, job_id: str) -> None:
     """Give back an attempt that failed for reasons outside the image (it will be retried)."""
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.attempts > 0)
-        .values(state=JobState.QUEUED.value, attempts=Job.attempts - 1, updated_at=utcnow())
+        .values(state=JobState.QUEUED.value, attempts=Job.attempts - 1, updated_at=utcnow(),
+                lease_expires_at=None)
     )
 
 
@@ -88,6 +140,7 @@ def _finish(job: Job, state: JobState, code: RejectionReason | None = None,
     job.error_code = RejectionReason(code).value if code else None
     job.error = reason
     job.finished_at = job.updated_at = utcnow()
+    job.lease_expires_at = None
 
 
 def reject(session: Session, job_id: str, code: RejectionReason, reason: str) -> None:
@@ -112,10 +165,14 @@ def complete(
     report_path: str,
     report_sha256: str,
     shadow_results: tuple[PredictionResult, ...] = (),
+    attempt: int | None = None,
 ) -> bool:
-    """Store prediction, report and identifiers, and finish the job, in the caller's transaction."""
+    """Store prediction, report and identifiers, and finish the job, in the caller's transaction.
+
+    False (nothing written) when the job is already finished, or when ``attempt`` is given
+    and another attempt has started since: a superseded attempt never writes a result."""
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
-    if job.state not in _ACTIVE:
+    if job.state not in _ACTIVE or (attempt is not None and job.attempts != attempt):
         return False
     image = job.image
     for field, value in metadata.model_dump().items():
@@ -143,18 +200,50 @@ def complete(
     return True
 
 
-def jobs_to_reconcile(
-    session: Session, now: datetime, received_grace: timedelta, stale_after: timedelta
-) -> list[str]:
-    """Jobs a lost message or a dead worker left behind."""
-    rows = session.execute(
-        select(Job.id).where(
-            ((Job.state == JobState.RECEIVED.value) & (Job.updated_at < now - received_grace))
-            | (Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
-               & (Job.updated_at < now - stale_after))
-        )
+def _needs_resend(now: datetime, received_grace: timedelta, stale_after: timedelta) -> ColumnElement:
+    """Jobs a lost message or a dead worker left behind, each at most once per period:
+
+    * received (the broker refused the message) for longer than ``received_grace``;
+    * queued, with no message sent for ``stale_after`` (the broker lost it; a long backlog
+      gets one duplicate per job per period, not one per reconciler pass);
+    * running with an expired lease (its worker died), not re-sent since the lease expired.
+      A row from before leases (no lease) counts as expired ``stale_after`` after its last change.
+    """
+    stale = now - stale_after
+    last_sent = func.coalesce(Job.last_sent_at, Job.updated_at)
+    lease_expired = or_(Job.lease_expires_at < now,
+                        and_(Job.lease_expires_at.is_(None), Job.updated_at < stale))
+    not_sent_since = or_(Job.last_sent_at.is_(None), Job.last_sent_at < stale,
+                         Job.last_sent_at < Job.lease_expires_at)
+    return or_(
+        and_(Job.state == JobState.RECEIVED.value, Job.updated_at < now - received_grace,
+             or_(Job.last_sent_at.is_(None), Job.last_sent_at < now - received_grace)),
+        and_(Job.state == JobState.QUEUED.value, last_sent < stale),
+        and_(Job.state == JobState.RUNNING.value, lease_expired, not_sent_since),
     )
-    return [r[0] for r in rows]
+
+
+def jobs_to_reconcile(
+    session: Session, now: datetime, received_grace: timedelta, stale_after: timedelta,
+    limit: int | None = None,
+) -> list[str]:
+    """Candidates for a resend, oldest first; :func:`claim_resend` decides for each."""
+    query = (select(Job.id).where(_needs_resend(now, received_grace, stale_after))
+             .order_by(Job.updated_at).limit(limit))
+    return [r[0] for r in session.execute(query)]
+
+
+def claim_resend(session: Session, job_id: str, now: datetime, received_grace: timedelta,
+                 stale_after: timedelta) -> bool:
+    """Atomically take the right to re-send ``job_id`` (one conditional UPDATE): of several
+    reconcilers passing at once, one sends. Records the send time."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, _needs_resend(now, received_grace, stale_after))
+        .values(last_sent_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
 
 
 def counts_by_state(session: Session) -> dict[str, int]:

@@ -82,6 +82,12 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The running attempt's lease, renewed by its heartbeat: once past, its worker is taken
+    # for dead and the reconciler sends the job again (worker.heartbeat, worker.reconciler).
+    lease_expires_at: Mapped[datetime | None]
+    # Every message sent for this job: the reconciler re-sends at most once per stale period.
+    last_sent_at: Mapped[datetime | None]
+    sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     image: Mapped[Image] = relationship(back_populates="job")
     predictions: Mapped[list[Prediction]] = relationship(back_populates="job")
@@ -195,3 +201,14 @@ class Lock(Base):
     holder: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class TaskClaim(Base):
+    """A task message already run, by its Celery task id: a redelivered message (broker
+    visibility timeout, a resend) finds its claim and does nothing (worker.db.task_claims)."""
+
+    __tablename__ = "task_claims"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)

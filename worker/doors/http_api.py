@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas import ImageMetadata, JobState, RejectionReason, SourceDoor
+from worker.celery_app import broker_connection_check
 from worker.celery_app import create_app as create_celery_app
 from worker.db.integration import IdempotencyKey
 from worker.db.models import Image, Job
@@ -245,7 +246,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         """Database, broker and model; 503 when any is not ok."""
-        health = check_health(settings, door.sessions, door.celery)
+        health = check_health(settings, door.sessions, lambda: broker_connection_check(door.celery))
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/metrics", response_class=Response)

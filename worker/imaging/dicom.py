@@ -10,6 +10,11 @@ Decisions:
 * The transfer syntax is read from the file meta first, so a deflated or otherwise
   unsupported file is refused before its data set is inflated (no deflate bombs).
 * Rows x Columns is checked against ``DecodeLimits`` before any pixel is decoded.
+* A file that ends inside an element (``worker.imaging.completeness``) is ``truncated``,
+  named by the element it ends in: pydicom drops such an element silently, which would
+  read as "no Pixel Data". A file cut inside its file meta stays ``dicom_invalid``.
+* Identifiers are checked against their VR (``schemas.dicom_values``): one that breaks
+  it rejects the image as ``dicom_invalid``, never cut, and never echoed in the reason.
 * Pixels are decoded by pydicom's pixel backend with ``as_rgb=True``; the decoding
   plugin is pinned per transfer syntax (``DECODING_PLUGINS``) because colour handling
   of JPEG baseline YBR_FULL_422 differs between plugins. The result is checked to be RGB.
@@ -23,13 +28,18 @@ from io import BytesIO
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from pydicom import dcmread, uid
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import convert_color_space, get_decoder
 
 from schemas import ImageMetadata, Laterality, RejectionReason
+from schemas.dicom_values import FIELD_RULES
 from worker.errors import InputRejected
+from worker.imaging.completeness import dicom_cut
 from worker.imaging.image import DecodedImage
 from worker.imaging.limits import DecodeLimits, check_dimensions
 
@@ -95,13 +105,17 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     try:
         ds = dcmread(BytesIO(data), force=False)
     except InvalidDicomError as exc:
+        _raise_if_cut(data)
         raise InputRejected(
             RejectionReason.DICOM_INVALID, f"the DICOM file cannot be parsed ({exc})"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
+        _raise_if_cut(data)
         raise InputRejected(
             RejectionReason.DICOM_INVALID, f"the DICOM file cannot be parsed ({type(exc).__name__})"
         ) from None
+    if "PixelData" not in ds:
+        _raise_if_cut(data)  # pydicom drops an element the file ends inside
     try:
         photometric = _validate(ds, tsyntax, limits)
         rgb = _pixels(ds, tsyntax, photometric)
@@ -133,11 +147,13 @@ def _transfer_syntax(data: bytes) -> uid.UID:
     except Exception as exc:  # noqa: BLE001
         raise InputRejected(
             RejectionReason.DICOM_INVALID,
-            f"the DICOM file meta information cannot be parsed ({type(exc).__name__})",
+            _meta_cut_reason(data)
+            or f"the DICOM file meta information cannot be parsed ({type(exc).__name__})",
         ) from None
     if not tsyntax:
         raise InputRejected(
-            RejectionReason.DICOM_INVALID, "the DICOM file meta has no Transfer Syntax UID"
+            RejectionReason.DICOM_INVALID,
+            _meta_cut_reason(data) or "the DICOM file meta has no Transfer Syntax UID",
         )
     tsyntax = uid.UID(str(tsyntax).strip("\x00 "))
     if not tsyntax.is_valid:
@@ -151,6 +167,34 @@ def _transfer_syntax(data: bytes) -> uid.UID:
             "uncompressed, JPEG baseline, JPEG-LS, JPEG 2000 or RLE",
         )
     return tsyntax
+
+
+def _meta_cut_reason(data: bytes) -> str | None:
+    """Why the file meta could not be read, when the reason is that the file ends inside it.
+
+    Kept as ``dicom_invalid``: without its meta the file is not a usable Part 10 file."""
+    cut = dicom_cut(data)
+    if cut is not None and cut.tag is None:
+        return f"the DICOM file is truncated: {cut.what}"
+    return None
+
+
+def _raise_if_cut(data: bytes) -> None:
+    """A file that ends inside an element is truncated, whatever pydicom made of the rest
+    (it drops the element silently: "no Pixel Data" would be the wrong reason)."""
+    cut = dicom_cut(data)
+    if cut is None:
+        return
+    if cut.tag is None:
+        raise InputRejected(RejectionReason.DICOM_INVALID, f"the DICOM file is truncated: {cut.what}")
+    name = keyword_for_tag(cut.tag) or "a private element"
+    group, element = cut.tag >> 16, cut.tag & 0xFFFF
+    detail = f" ({cut.have:,} of {cut.need:,} bytes)" if cut.need is not None else ""
+    raise InputRejected(
+        RejectionReason.TRUNCATED,
+        f"the DICOM file is truncated: it ends inside element ({group:04X},{element:04X}) "
+        f"{name}{detail}",
+    )
 
 
 def _validate(ds: Dataset, tsyntax: uid.UID, limits: DecodeLimits) -> str:
@@ -300,7 +344,13 @@ def _assume_utf8_when_undeclared(ds: Dataset) -> None:
 
 
 def read_metadata(ds: Dataset) -> ImageMetadata:
-    """Identifiers and acquisition context from the tags. A bad tag is skipped, never fatal."""
+    """Identifiers and acquisition context from the tags.
+
+    An unreadable date or laterality is skipped. An identifier that breaks its DICOM VR
+    (too long, several values, not a UID) rejects the image as ``dicom_invalid``: stored
+    cut, it could name another patient; stored whole, PostgreSQL refuses it after the
+    report was written.
+    """
     try:
         _assume_utf8_when_undeclared(ds)
     except Exception:  # noqa: BLE001 - a heuristic must never reject an image
@@ -311,18 +361,33 @@ def read_metadata(ds: Dataset) -> ImageMetadata:
         if value in _LATERALITIES:
             laterality = value
             break
-    return ImageMetadata(
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        study_date=_first_date(ds),
-        body_site=_body_site(ds),
-        laterality=laterality,
-    )
+    try:
+        return ImageMetadata(
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_instance_uid=_text(ds, "StudyInstanceUID"),
+            series_instance_uid=_text(ds, "SeriesInstanceUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            study_date=_first_date(ds),
+            body_site=_body_site(ds),
+            laterality=laterality,
+        )
+    except ValidationError as exc:
+        raise InputRejected(RejectionReason.DICOM_INVALID, _vr_reason(exc)) from None
+
+
+def _vr_reason(exc: ValidationError) -> str:
+    """Which element breaks which rule (never the value: it is patient data)."""
+    parts = []
+    for error in exc.errors(include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        rule = FIELD_RULES.get(field)
+        keyword = rule.keyword if rule else field
+        cause = (error.get("ctx") or {}).get("error")
+        parts.append(f"DICOM element {keyword} {cause if cause else error['msg']}")
+    return "; ".join(parts) or "the DICOM identifiers are invalid"
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -332,6 +397,8 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         return None
     if value is None:
         return None
+    if isinstance(value, MultiValue):  # a backslash in the value: refused by the VR check
+        value = "\\".join(str(v) for v in value)
     text = str(value).strip().strip("\x00").strip()
     return text or None
 

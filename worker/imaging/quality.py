@@ -4,11 +4,18 @@ Luma is computed with BT.601 weights on a strided sample of at most ~1 MP, so th
 costs milliseconds on a 50 MP photo. Dermoscopy photos often have a black circular
 vignette around the field of view (about a quarter of the frame), so darkness is judged
 on the mean and on the bright fraction, never on the share of dark pixels.
+
+A well-exposed picture that is not a dermoscopy image at all (a radiograph, a scanned
+letter, a screenshot, a photo of a room) is unusable too: ``worker.imaging.dermoscopy_check``
+says so, and triage comes out indeterminate with that reason instead of nine meaningless
+probabilities.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from worker.imaging.dermoscopy_check import check_dermoscopy
 
 #: Luma standard deviation below which the picture is one flat colour (lens cap, blank).
 MIN_LUMA_STD = 4.0
@@ -52,4 +59,7 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
     std = float(luma.std())
     if std < MIN_LUMA_STD:
         return False, f"the image is nearly uniform (brightness std {std:.1f}): no visible detail"
+    is_dermoscopy, why = check_dermoscopy(sample)
+    if not is_dermoscopy:
+        return False, f"not a dermoscopy image ({why})"
     return True, None

@@ -1,7 +1,7 @@
 """Admission: the one path by which an image enters, whatever the door.
 
-Check cheaply, archive by content hash, record image + job + submission in one
-transaction, then enqueue. The same content twice is one job; the second arrival is
+Check cheaply, archive by content hash, record image + job (already queued) + submission
+in one transaction, then send. The same content twice is one job; the second arrival is
 recorded as a duplicate submission of it.
 """
 
@@ -12,17 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas import ImageMetadata, JobState, RejectionReason, SourceDoor
 from worker.db import jobs
 from worker.db.engine import make_engine, make_session_factory
-from worker.db.models import Image, Job, Submission
+from worker.db.models import Image, Job, Submission, new_id, utcnow
 from worker.errors import InputRejected
 from worker.imaging.formats import sniff_format
 from worker.intake import archive
+from worker.intake.names import recorded_name
 from worker.intake.rejections import record_rejection
 from worker.settings import Settings
 
@@ -78,6 +79,7 @@ class Intake:
         original_name: str | None = None,
     ) -> Admission:
         metadata = metadata or ImageMetadata()
+        original_name = recorded_name(original_name)
         sha = archive.sha256_bytes(data)
         rejection: InputRejected | None = None
         try:
@@ -96,46 +98,91 @@ class Intake:
             record_rejection(self.sessions, self.settings.rejected_dir, admission.job_id, code,
                              admission.reason or "", data=data, original_name=original_name)
         elif not admission.duplicate:
-            self.enqueue(admission.job_id)
+            self._send_queued(admission.job_id)
         return admission
 
     def admit_unreadable(self, source: Path, door: SourceDoor, original_name: str | None,
                          reason: str) -> Admission:
         """A file we could not even read: record it and move it to rejected/."""
+        return self.reject_unread(source, door, original_name, RejectionReason.UNREADABLE, reason)
+
+    def reject_unread(
+        self,
+        source: Path | None,
+        door: SourceDoor,
+        original_name: str | None,
+        code: RejectionReason,
+        reason: str,
+        size_bytes: int | None = None,
+    ) -> Admission:
+        """Record an entry rejected without reading its content (unreadable, too large, not a
+        regular file) and move it, as it is, to rejected/ beside its sidecar. ``source``
+        None: the entry cannot be moved and stays where it is (the sidecar says why)."""
+        original_name = recorded_name(original_name)
         with self.sessions.begin() as s:
-            image = Image(sha256=None, archive_path=None, size_bytes=None, source_door=door.value)
-            job = Job(image=image, state=JobState.REJECTED.value,
-                      error_code=RejectionReason.UNREADABLE.value, error=reason)
+            image = Image(sha256=None, archive_path=None, size_bytes=size_bytes,
+                          source_door=door.value)
+            job = Job(image=image, state=JobState.REJECTED.value, error_code=code.value,
+                      error=reason)
             s.add_all([image, job])
             s.flush()
             s.add(Submission(job_id=job.id, door=door.value, original_name=original_name))
             job_id = job.id
-        record_rejection(self.sessions, self.settings.rejected_dir, job_id,
-                         RejectionReason.UNREADABLE, reason, source=source,
-                         original_name=original_name)
+        log.info("job %s rejected at the %s door without reading it: %s", job_id, door.value,
+                 code.value)
+        record_rejection(self.sessions, self.settings.rejected_dir, job_id, code, reason,
+                         source=source, original_name=original_name)
         return Admission(job_id, JobState.REJECTED, reason=reason)
 
     def _record(self, sha, path, size, door, metadata, original_name, rejection) -> Admission:
+        """New content: image, job and submission in one transaction of three inserts, the job
+        already queued (it is sent right after: :meth:`_send_queued`). Content already here
+        trips the unique sha256; it is then recorded as a duplicate submission."""
         caller = metadata.model_dump(mode="json", exclude_none=True)
+        now = utcnow()
+        image_id, job_id = new_id(), new_id()
+        job = dict(id=job_id, image_id=image_id, created_at=now, updated_at=now)
+        if rejection:
+            state = JobState.REJECTED
+            job.update(error_code=rejection.code.value, error=rejection.reason)
+        else:
+            state = JobState.QUEUED
+            job.update(queued_at=now, last_sent_at=now, sent_count=1)
+        try:
+            with self.sessions.begin() as s:
+                s.execute(insert(Image).values(
+                    id=image_id, sha256=sha, archive_path=path, size_bytes=size,
+                    source_door=door.value, caller_metadata=caller, received_at=now))
+                s.execute(insert(Job).values(state=state.value, **job))
+                s.execute(insert(Submission).values(
+                    id=new_id(), job_id=job_id, door=door.value, original_name=original_name,
+                    caller_metadata=caller, received_at=now))
+        except IntegrityError:  # the same content is here already (or arrived concurrently)
+            return self._record_duplicate(sha, door, caller, original_name)
+        if rejection:
+            return Admission(job_id, state, reason=rejection.reason)
+        return Admission(job_id, JobState.RECEIVED)  # the outcome for the caller: accepted
+
+    def _record_duplicate(self, sha, door, caller, original_name) -> Admission:
         with self.sessions.begin() as s:
-            image = s.execute(select(Image).where(Image.sha256 == sha)).scalar_one_or_none()
-            if image is not None:
-                job = image.job
-                s.add(Submission(job_id=job.id, door=door.value, original_name=original_name,
-                                 caller_metadata=caller, duplicate=True))
-                reason = f"duplicate of job {job.id}" + (f": {job.error}" if job.error else "")
-                return Admission(job.id, JobState(job.state), duplicate=True, reason=reason)
-            image = Image(sha256=sha, archive_path=path, size_bytes=size, source_door=door.value,
-                          caller_metadata=caller)
-            state = JobState.REJECTED if rejection else JobState.RECEIVED
-            job = Job(image=image, state=state.value,
-                      error_code=rejection.code.value if rejection else None,
-                      error=rejection.reason if rejection else None)
-            s.add_all([image, job])
-            s.flush()
+            image = s.execute(select(Image).where(Image.sha256 == sha)).scalar_one()
+            job = image.job
             s.add(Submission(job_id=job.id, door=door.value, original_name=original_name,
-                             caller_metadata=caller))
-            return Admission(job.id, state, reason=rejection.reason if rejection else None)
+                             caller_metadata=caller, duplicate=True))
+            reason = f"duplicate of job {job.id}" + (f": {job.error}" if job.error else "")
+            return Admission(job.id, JobState(job.state), duplicate=True, reason=reason)
+
+    def _send_queued(self, job_id: str) -> bool:
+        """Send a job recorded as queued; if the broker is down, the reconciler sends it later."""
+        try:
+            self.send(job_id)
+        except Exception as exc:  # broker unreachable: the jobs table keeps the job
+            log.warning("job %s: broker refused the message (%s); the reconciler will retry",
+                        job_id, type(exc).__name__)
+            with self.sessions.begin() as s:
+                jobs.unmark_queued(s, job_id)
+            return False
+        return True
 
     def enqueue(self, job_id: str) -> bool:
         """Mark queued, then send; if the broker is down the reconciler sends it later."""

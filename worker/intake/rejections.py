@@ -7,8 +7,11 @@ worker, is recorded through :func:`record_rejection`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
@@ -72,8 +75,9 @@ def _write_to_folder(
     """Put the file (bytes, or moved from ``source``) into rejected/ with ``<name>.json`` beside it."""
     rejected_dir.mkdir(parents=True, exist_ok=True)
     target = rejected_dir / f"{job_id}__{safe_filename(original_name, fallback='unnamed')}"
+    kept = True
     if source is not None:
-        os.replace(source, target)
+        kept = _move(source, target)
     elif data is not None:
         write_atomic(target, data)
     sidecar = {
@@ -83,9 +87,42 @@ def _write_to_folder(
         "reason": reason,
         "original_name": original_name,
         "sha256": sha256,
-        "file": target.name if (source is not None or data is not None) else None,
+        "file": target.name if (kept and (source is not None or data is not None)) else None,
         "rejected_at": datetime.now(timezone.utc).isoformat(),
     }
     sidecar_path = target.with_name(target.name + ".json")
     write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode())
     return sidecar_path
+
+
+def _move(source: Path, target: Path) -> bool:
+    """Rename ``source`` (any kind of entry: a FIFO is never opened) to ``target``.
+
+    Across file systems a regular file is copied, then removed; anything else (a FIFO, a
+    socket, a symbolic link) is only removed: it holds no content. A source already gone
+    (moved by an earlier try) is fine. Returns whether ``target`` holds the entry.
+    """
+    try:
+        os.replace(source, target)
+        return True
+    except FileNotFoundError:
+        return os.path.lexists(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    if stat.S_ISREG(os.lstat(source).st_mode):
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        os.unlink(source)
+        return True
+    os.unlink(source)
+    return False
+
+
+def describe_exception(exc: BaseException) -> str:
+    """What an unexpected failure is recorded as (``jobs.error``, sidecar, log): its type and
+    a generic sentence, never its text, which may carry patient data (SQL parameters,
+    DETAIL lines of PostgreSQL, file names, tag values)."""
+    return (f"unexpected {type(exc).__name__} while processing this image "
+            "(its message is not recorded: it may contain patient data)")

@@ -1,113 +1,457 @@
 """The intake-folder watcher: polling, because inotify does not fire on SMB/NFS shares.
 
-A file is taken when its size and mtime are unchanged across ``stable_scans`` scans
-(a ``*.part`` file is ignored until renamed). It is claimed by an atomic rename into
-``intake/.processing/``, so two watchers never take the same file and a crash leaves it
-there to be picked up again: admission is idempotent by content hash.
+Whatever is put into the folder (walked recursively; hidden names (:func:`is_hidden`) and
+the ``*.part``-style names of copies in progress are left alone), nothing stops the watcher: an error on one
+entry is contained, and one it cannot explain is recorded as that entry's rejection. Log
+lines never carry a file name (it may carry a patient's name). An entry goes through:
+
+1. **Stable**: its size and mtime (its target's, for a symbolic link) have not changed for
+   ``stable_seconds`` and ``stable_scans`` scans, so a copy that stalls on a slow share is
+   not taken half-written.
+2. **Claimed**: renamed atomically to ``intake/.processing/<random id>`` with its original
+   name in ``<random id>.name`` beside it: two watchers never take the same entry, a name of
+   any length can be claimed (a 255-byte name plus a prefix would not fit), and a crash
+   leaves both there to be taken up again (admission is idempotent by content hash).
+3. **Read**: only a regular file is opened, never blocking (a FIFO is not opened at all),
+   and only when ``stat`` says it is within ``max_file_bytes``: a larger file is rejected
+   and moved to rejected/ as it is, never read. After reading, the open file is checked
+   again; if it changed (on POSIX a rename does not stop a writer that holds it open), it
+   must settle again before it is read anew. A file whose content ends early (a JPEG with no
+   end marker, a PNG with no IEND, a DICOM element cut; or empty) is held for
+   ``incomplete_grace_seconds`` after its last change in case its writer resumes, then
+   judged as it is. Never is a half-read file admitted.
+
+Odd entries: a FIFO, a socket, a device, a dangling or looping symbolic link, a link to a
+folder are rejected as ``not_a_regular_file`` and moved (renamed, never opened) to
+rejected/ beside their sidecar. A symbolic link to a regular file is followed: its
+target's bytes are taken, read with this service's permissions (so only trusted senders
+may write to the intake folder, as for any file they drop); the link, not the target, is
+then removed. A folder is walked whatever its name; an empty one stays.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas import SourceDoor
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from schemas import RejectionReason, SourceDoor
+from worker.errors import TransientError
+from worker.imaging.completeness import cut_short
 from worker.intake.admission import Admission, Intake
+from worker.intake.names import recorded_name
+from worker.intake.rejections import describe_exception
 
 log = logging.getLogger(__name__)
 
 PROCESSING_DIR = ".processing"
+#: Suffix of the file that holds a claimed entry's original name.
+NAME_SUFFIX = ".name"
 #: Names of files still being written by common copy tools.
 IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart")
+#: Folder names that look like image files: walked as folders, said once in the log.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
+#: Folders nested deeper than this under the intake folder are not walked.
+MAX_DEPTH = 64
+#: An orphan name file (its claim failed) older than this is removed.
+_ORPHAN_NAME_AGE_S = 300.0
+#: Trouble outside the file (database, broker, disk): the claimed file waits for the next scan.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError, OperationalError, InterfaceError, ConnectionError, TimeoutError, OSError)
+
+#: Claim failures that will not go away by themselves: the file is recorded as rejected.
+_FOR_GOOD = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+#: (file type, size, mtime in ns, inode): what must stay the same for a file to be stable.
+Signature = tuple[int, int, int, int]
+
+
+class NotARegularFile(Exception):
+    """What was opened turned out not to be a regular file."""
 
 
 @dataclass
-class _Seen:
-    size: int
-    mtime_ns: int
-    stable: int = 1
+class _Watch:
+    """One entry as watched: since when (monotonic) it has had this signature."""
+
+    signature: Signature
+    since: float
+    scans: int = 1
+    held: bool = False  # read, found to end early, waiting for its writer to resume
+
+
+class _Watches:
+    """Signatures by path; an entry whose signature changes starts over."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[Path, _Watch] = {}
+
+    def observe(self, path: Path, signature: Signature, now: float) -> _Watch:
+        watch = self._by_path.get(path)
+        if watch is not None and watch.signature == signature:
+            watch.scans += 1
+        else:
+            watch = self._by_path[path] = _Watch(signature, now)
+        return watch
+
+    def get(self, path: Path) -> _Watch | None:
+        return self._by_path.get(path)
+
+    def adopt(self, path: Path, watch: _Watch) -> None:
+        self._by_path[path] = watch
+
+    def forget(self, path: Path) -> None:
+        self._by_path.pop(path, None)
+
+    def keep_only(self, paths: set[Path]) -> None:
+        self._by_path = {p: w for p, w in self._by_path.items() if p in paths}
+
+
+def is_hidden(name: str) -> bool:
+    """A name that starts with one dot (.DS_Store, AppleDouble ``._x``, rsync's temporary
+    ``.x.XXXXXX`` written before its rename) or is only dots: never taken. A name that
+    starts with two dots and goes on ("..x.jpg") is an ordinary, if odd, name."""
+    return name.startswith(".") and (not name.startswith("..") or not name.strip("."))
+
+
+def signature(st: os.stat_result) -> Signature:
+    return (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def inspect_entry(path: Path) -> tuple[str | None, os.stat_result]:
+    """(why the entry is not a regular file or None, the stat that describes it), without
+    opening it. A symbolic link is followed to a regular file only."""
+    lst = os.lstat(path)
+    mode = lst.st_mode
+    if stat.S_ISREG(mode):
+        return None, lst
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.stat(path)
+        except FileNotFoundError:
+            return "a symbolic link whose target does not exist", lst
+        except OSError:
+            return "a symbolic link that cannot be followed (a loop, or no permission)", lst
+        if stat.S_ISREG(target.st_mode):
+            return None, target
+        if stat.S_ISDIR(target.st_mode):
+            return "a symbolic link to a folder (links to folders are not followed)", lst
+        return "a symbolic link to something that is not a regular file", lst
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)", lst
+    if stat.S_ISSOCK(mode):
+        return "a socket", lst
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device", lst
+    if stat.S_ISDIR(mode):
+        return "a folder", lst
+    return "not a regular file", lst
+
+
+def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """At most ``limit + 1`` bytes of a regular file, and its stat once read.
+
+    Opened non-blocking (a FIFO swapped in since it was inspected does not block) and
+    checked with ``fstat`` on the open descriptor before a byte is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotARegularFile()
+        chunks, total, want = [], 0, min(before.st_size, limit) + 1
+        while total <= limit:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = min(1 << 24, limit + 1 - total)
+        return b"".join(chunks), os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 class IntakeWatcher:
-    def __init__(self, intake: Intake, folder: Path, stable_scans: int = 2) -> None:
+    """Takes complete files from one folder into ``intake``; ``scan_once`` never raises.
+
+    ``stable_seconds`` and ``incomplete_grace_seconds`` default to the intake's settings.
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        folder: Path,
+        stable_scans: int = 2,
+        stable_seconds: float | None = None,
+        incomplete_grace_seconds: float | None = None,
+    ) -> None:
+        settings = intake.settings
         self.intake = intake
         self.folder = folder
         self.processing = folder / PROCESSING_DIR
         self.stable_scans = stable_scans
-        self._seen: dict[Path, _Seen] = {}
+        self.stable_seconds = settings.stable_seconds if stable_seconds is None else stable_seconds
+        self.incomplete_grace_seconds = (settings.incomplete_grace_seconds
+                                         if incomplete_grace_seconds is None
+                                         else incomplete_grace_seconds)
+        self.max_bytes = settings.max_file_bytes
+        self._waiting = _Watches()  # entries in the intake folder
+        self._claimed = _Watches()  # entries in .processing/
+        self._unclaimable: set[tuple[Path, Signature]] = set()
+        self._noted: set[tuple[str, Path]] = set()
 
-    def _candidates(self) -> list[Path]:
-        found = []
-        for root, dirs, files in os.walk(self.folder):
-            dirs[:] = sorted(d for d in dirs if not (Path(root) == self.folder and d == PROCESSING_DIR))
-            for name in sorted(files):
-                if not name.lower().endswith(IN_PROGRESS_SUFFIXES):
-                    found.append(Path(root) / name)
-        return found
+    # ----------------------------------------------------------------- the folder
 
-    def ready_files(self) -> list[Path]:
-        """Files whose size and mtime have been stable long enough."""
-        ready, current = [], {}
-        for path in self._candidates():
+    def _entries(self) -> Iterator[Path]:
+        """Every entry to consider, folders walked (not followed through links)."""
+        stack = [(self.folder, 0)]
+        while stack:
+            folder, depth = stack.pop()
             try:
-                st = path.stat()
-            except OSError:
+                with os.scandir(folder) as listing:
+                    entries = sorted(listing, key=lambda e: e.name, reverse=True)
+            except OSError as exc:
+                self._note("unlistable", folder, "a folder in intake/ cannot be listed (%s); "
+                           "its files are not taken", exc.strerror or type(exc).__name__)
+                continue
+            for entry in entries:
+                name = entry.name
+                if is_hidden(name) or name.lower().endswith(IN_PROGRESS_SUFFIXES):
+                    continue
+                path = Path(entry.path)
+                try:
+                    is_folder = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_folder = False
+                if not is_folder:
+                    yield path
+                elif depth >= MAX_DEPTH:
+                    self._note("too deep", path, "folders nested more than %d deep in intake/ "
+                               "are not walked", MAX_DEPTH)
+                else:
+                    if name.lower().endswith(_IMAGE_SUFFIXES):
+                        self._note("folder named like an image", path, "a folder in intake/ is "
+                                   "named like an image file: it is walked as a folder")
+                    stack.append((path, depth + 1))
+
+    def _stable(self, watch: _Watch, now: float) -> bool:
+        return watch.scans >= self.stable_scans and now - watch.since >= self.stable_seconds
+
+    def ready_files(self, now: float | None = None) -> list[Path]:
+        """Entries whose signature has been stable long enough (files or odd entries)."""
+        now = time.monotonic() if now is None else now
+        ready, present = [], set()
+        for path in self._entries():
+            try:
+                _why, st = inspect_entry(path)
+            except FileNotFoundError:
                 continue  # vanished between listing and stat
-            prev = self._seen.get(path)
-            if prev and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
-                prev.stable += 1
-                entry = prev
-            else:
-                entry = _Seen(st.st_size, st.st_mtime_ns)
-            current[path] = entry
-            if entry.stable >= self.stable_scans:
+            except OSError as exc:
+                self._note("unstattable", path, "an entry in intake/ cannot be inspected (%s)",
+                           exc.strerror or type(exc).__name__)
+                continue
+            present.add(path)
+            if self._stable(self._waiting.observe(path, signature(st), now), now):
                 ready.append(path)
-        self._seen = current
+        self._waiting.keep_only(present)
+        self._unclaimable = {key for key in self._unclaimable if key[0] in present}
         return ready
 
     def claim(self, path: Path) -> Path | None:
+        """Move ``path`` to ``.processing/<id>`` (its name to ``<id>.name``); None if gone."""
         self.processing.mkdir(parents=True, exist_ok=True)
-        claimed = self.processing / f"{uuid.uuid4().hex}__{path.name}"
+        token = uuid.uuid4().hex
+        claimed = self.processing / token
+        name_file = self.processing / (token + NAME_SUFFIX)
+        name_file.write_bytes(os.fsencode(path.name))
         try:
             os.rename(path, claimed)
-        except FileNotFoundError:
-            return None  # another watcher took it
-        self._seen.pop(path, None)
+        except BaseException as exc:
+            name_file.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError):
+                return None  # another watcher took it
+            raise
+        watch = self._waiting.get(path)
+        self._waiting.forget(path)
+        if watch is not None:
+            self._claimed.adopt(claimed, watch)  # stable already: no second wait
         return claimed
 
-    def process_claimed(self, claimed: Path) -> Admission:
-        original = claimed.name.split("__", 1)[-1]
+    # ----------------------------------------------------------------- claimed entries
+
+    def _claimed_entries(self) -> list[Path]:
         try:
-            data = claimed.read_bytes()
-        except OSError as exc:
-            return self.intake.admit_unreadable(
-                claimed, SourceDoor.INTAKE, original, f"the file could not be read ({exc.strerror})")
-        admission = self.intake.admit_bytes(data, SourceDoor.INTAKE, original_name=original)
-        claimed.unlink(missing_ok=True)
+            names = sorted(os.listdir(self.processing))
+        except FileNotFoundError:
+            return []
+        entries = [n for n in names if not n.endswith(NAME_SUFFIX) and not n.startswith(".")]
+        present = set(entries)
+        for name in names:
+            if name.endswith(NAME_SUFFIX) and name[: -len(NAME_SUFFIX)] not in present:
+                self._drop_orphan_name(self.processing / name)
+        paths = [self.processing / n for n in entries]
+        self._claimed.keep_only(set(paths))
+        return paths
+
+    @staticmethod
+    def _drop_orphan_name(path: Path) -> None:
+        try:
+            if time.time() - path.stat().st_mtime > _ORPHAN_NAME_AGE_S:
+                path.unlink()
+        except OSError:
+            pass
+
+    def original_name(self, claimed: Path) -> str | None:
+        """The name the entry had in the intake folder, as it is recorded."""
+        try:
+            return recorded_name(claimed.with_name(claimed.name + NAME_SUFFIX).read_bytes())
+        except FileNotFoundError:  # claimed by an older version: "<id>__<name>"
+            return recorded_name(claimed.name.split("__", 1)[1]) if "__" in claimed.name else None
+
+    def _done(self, claimed: Path, admission: Admission) -> Admission:
+        for path in (claimed, claimed.with_name(claimed.name + NAME_SUFFIX)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self._claimed.forget(claimed)
         return admission
 
+    def _reject(self, claimed: Path, name: str | None, code: RejectionReason, reason: str,
+                size_bytes: int | None = None) -> Admission:
+        """Record the entry as rejected and move it, unread, to rejected/."""
+        return self._done(claimed, self.intake.reject_unread(
+            claimed, SourceDoor.INTAKE, name, code, reason, size_bytes=size_bytes))
+
+    def process_claimed(self, claimed: Path, now: float | None = None) -> Admission | None:
+        """Admit or reject one claimed entry; None while it must wait (changed, or ends early)."""
+        now = time.monotonic() if now is None else now
+        name = self.original_name(claimed)
+        try:
+            why, st = inspect_entry(claimed)
+        except FileNotFoundError:
+            self._claimed.forget(claimed)
+            return None  # taken up by another watcher
+        if why is not None:
+            log.warning("an entry in intake/ is %s; recorded as rejected (not a regular file)", why)
+            return self._reject(claimed, name, RejectionReason.NOT_A_REGULAR_FILE,
+                                f"not a regular file: {why}")
+        watch = self._claimed.observe(claimed, signature(st), now)
+        if not self._stable(watch, now):
+            return None
+        if st.st_size > self.max_bytes:
+            return self._reject(claimed, name, RejectionReason.TOO_LARGE_FILE,
+                                f"the file is {st.st_size:,} bytes, more than the limit of "
+                                f"{self.max_bytes:,} bytes", size_bytes=st.st_size)
+        if watch.held and now - watch.since < self.incomplete_grace_seconds:
+            return None
+        try:
+            data, after = read_regular_file(claimed, self.max_bytes)
+        except NotARegularFile:
+            return self._reject(claimed, name, RejectionReason.NOT_A_REGULAR_FILE,
+                                "not a regular file: it changed into another kind of entry")
+        except OSError as exc:
+            return self._reject(claimed, name, RejectionReason.UNREADABLE,
+                                f"the file could not be read ({exc.strerror or type(exc).__name__})")
+        if signature(after) != watch.signature or len(data) != after.st_size:
+            log.info("a claimed file changed while it was read (its writer still holds it); "
+                     "waiting for it to settle")
+            self._claimed.observe(claimed, signature(after), now)
+            return None
+        if (not data or cut_short(data) is not None) and \
+                now - watch.since < self.incomplete_grace_seconds:
+            if not watch.held:
+                log.info("a claimed file ends early; held up to %.0f s in case its writer resumes",
+                         self.incomplete_grace_seconds)
+            watch.held = True
+            return None
+        return self._done(claimed, self.intake.admit_bytes(data, SourceDoor.INTAKE,
+                                                           original_name=name))
+
+    # ----------------------------------------------------------------- scanning
+
     def scan_once(self) -> list[Admission]:
-        admissions = []
-        # Leftovers from a crash or a failed admission come first.
-        leftovers = sorted(self.processing.iterdir()) if self.processing.is_dir() else []
-        fresh = [c for c in (self.claim(p) for p in self.ready_files()) if c is not None]
-        for claimed in leftovers + fresh:
-            if not claimed.is_file():
-                continue
+        """One pass: claim what is stable, then take up everything claimed. Never raises."""
+        try:
+            return self._scan(time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - the watcher goes on, whatever happened
+            log.error("an intake scan failed (%s); the next scan tries again", type(exc).__name__)
+            return []
+
+    def _scan(self, now: float) -> list[Admission]:
+        for path in self.ready_files(now):
             try:
-                admissions.append(self.process_claimed(claimed))
-            except Exception as exc:  # database down, disk full: keep the file, retry next scan
-                # Type only: messages may carry file names, which may carry patient names.
-                log.error("intake of a claimed file failed (%s); it stays in %s for the next scan",
-                          type(exc).__name__, PROCESSING_DIR)
+                self.claim(path)
+            except Exception as exc:  # noqa: BLE001 - one file never stops the watcher
+                self._claim_failed(path, exc)
+        admissions = []
+        for claimed in self._claimed_entries():
+            try:
+                admission = self.process_claimed(claimed, now)
+            except TRANSIENT_ERRORS as exc:  # database down, disk full: retried next scan
+                log.error("intake of a claimed file failed (%s); it stays in %s for the next "
+                          "scan", type(exc).__name__, PROCESSING_DIR)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a defect: recorded, never looping
+                admission = self._contain(claimed, exc)
+            if admission is not None:
+                admissions.append(admission)
         return admissions
 
+    def _contain(self, claimed: Path, exc: Exception) -> Admission | None:
+        """An unexpected error on one file: record it as that file's rejection."""
+        log.error("intake of a claimed file failed unexpectedly (%s); recording it as rejected",
+                  type(exc).__name__)
+        try:
+            return self._reject(claimed, self.original_name(claimed),
+                                RejectionReason.INTERNAL_ERROR, describe_exception(exc))
+        except Exception as again:  # noqa: BLE001 - e.g. the database is down too
+            log.error("the rejection could not be recorded (%s); the file stays in %s for the "
+                      "next scan", type(again).__name__, PROCESSING_DIR)
+            return None
+
+    def _claim_failed(self, path: Path, exc: Exception) -> None:
+        """A file that cannot be moved out of the folder. Refused for good (no permission, a
+        read-only share): recorded once as rejected, left in place. Anything else (a full
+        disk, an I/O error): said once in the log and tried again at every scan."""
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        watch = self._waiting.get(path)
+        key = (path, watch.signature if watch else (0, 0, 0, 0))
+        if key in self._unclaimable:
+            return
+        self._unclaimable.add(key)
+        if getattr(exc, "errno", None) not in _FOR_GOOD:
+            log.error("a file in intake/ could not be claimed (%s); trying again at every scan",
+                      why)
+            return
+        log.error("a file in intake/ could not be claimed (%s); recorded as rejected and left "
+                  "in place", why)
+        try:
+            self.intake.reject_unread(
+                None, SourceDoor.INTAKE, path.name, RejectionReason.UNREADABLE,
+                f"the file could not be moved out of the intake folder ({why}); the service "
+                "needs write permission on that folder")
+        except Exception as again:  # noqa: BLE001
+            log.error("the rejection could not be recorded (%s)", type(again).__name__)
+
+    def _note(self, kind: str, path: Path, message: str, *args: object) -> None:
+        """Log ``message`` once per entry and kind (never the entry's name)."""
+        if (kind, path) not in self._noted:
+            self._noted.add((kind, path))
+            log.warning(message, *args)
+
     def run(self, interval_s: float, stop: threading.Event) -> None:
-        log.info("watching %s every %.1fs", self.folder, interval_s)
+        log.info("watching %s every %.1fs (files taken once unchanged for %.0fs)",
+                 self.folder, interval_s, self.stable_seconds)
         while not stop.is_set():
             self.scan_once()
             stop.wait(interval_s)

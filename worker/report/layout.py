@@ -1,8 +1,16 @@
 """Page layout of the triage report (reportlab platypus + a vector bar chart).
 
 Everything that is drawn is decided here; :mod:`worker.report.pdf` only writes the bytes.
-The whole body sits in one ``KeepInFrame`` that shrinks to fit, so hostile or very long
-field values can never push the report onto a second page.
+A report is laid out once, plainly; only when very long field values push it past one
+page is it laid out again inside a ``KeepInFrame`` that shrinks to fit, so hostile values
+can never make a second page and ordinary reports never pay for the shrinking.
+
+Cost per report (issue 10, ``benchmarks/bench_pipeline.py``): reportlab's C accelerator
+(``rl_accel``, the ``reportlab[accel]`` extra), no ASCII85 armour on the streams
+(``rl_config.useA85 = 0``: binary PDF streams are standard), styles built once per
+process, the patient fields as plain table strings (24 Paragraphs cost more than the rest
+of the page), and the thumbnail embedded as the JPEG it was encoded to, not decoded again
+by reportlab to hash its pixels.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import ImageReader, simpleSplit
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
-    Image,
+    Flowable,
     KeepInFrame,
     Paragraph,
     SimpleDocTemplate,
@@ -33,6 +42,7 @@ from reportlab.platypus import (
 )
 
 import reportlab
+from reportlab import rl_config
 from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, Laterality, TriageLevel
 from schemas.classes import DISPLAY_NAMES
 from worker.classify.triage import percent
@@ -46,6 +56,8 @@ DISCLAIMER = (
     "patient. A routine result does not exclude melanoma: any lesion that is changing, new "
     "or clinically suspicious must be assessed regardless of this report."
 )
+
+rl_config.useA85 = 0  # binary streams: ASCII85 only made the file 25 % larger and slower
 
 #: Searched in order; the Docker image installs fonts-dejavu-core (first entry).
 FONT_DIRS = (
@@ -106,7 +118,9 @@ def _missing_glyphs(text: str) -> bool:
 # ---------------------------------------------------------------- text helpers
 
 
+@functools.cache
 def _styles() -> dict[str, ParagraphStyle]:
+    """Built once per process (never mutated: variants are new styles)."""
     base = ParagraphStyle("base", fontName=FONT, fontSize=9, leading=11.5, textColor=INK, alignment=TA_LEFT)
     return {
         "base": base,
@@ -197,59 +211,123 @@ def _header(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     return [t, Spacer(1, 6)]
 
 
+def _plain(value: object | None, limit: int = MAX_FIELD_CHARS) -> str:
+    """:func:`_text` for a table string (drawn as it is: no markup, nothing to escape)."""
+    if value is None:
+        return NOT_RECORDED
+    s = " ".join(str(value).split())
+    if not s:
+        return NOT_RECORDED
+    return s if len(s) <= limit else s[: limit - 1] + "\u2026"
+
+
+#: Patient-block value fonts: (font, size, leading) per kind of row.
+_VALUE_FONTS = {
+    "bold": (FONT_BOLD, 10, 12.5),
+    "value": (FONT, 9, 11),
+    "small": (FONT, 7, 8.5),
+}
+
+
 def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float) -> Table:
+    """Label/value rows as plain strings, wrapped here (one Paragraph per cell cost more
+    than the rest of the page); fonts and colours come from the table style."""
     md = c.metadata
     name = format_person_name(md.patient_name)
-    name_cell = [Paragraph(_text(name), st["value_bold"])]
-    if name and _missing_glyphs(name):
-        name_cell.append(
-            Paragraph("Some characters of the name cannot be shown in this font; identify the patient by ID.", st["small"])
-        )
-    laterality = _laterality_text(md.laterality)
     rows = [
-        ("Patient name", name_cell),
-        ("Patient ID", Paragraph(_text(md.patient_id), st["value_bold"])),
-        ("Accession number", Paragraph(_text(md.accession_number), st["value"])),
-        ("Study date", Paragraph(_text(md.study_date.isoformat() if md.study_date else None), st["value"])),
-        ("Body site", Paragraph(_text(md.body_site), st["value"])),
-        ("Laterality", Paragraph(_text(laterality), st["value"])),
-        ("Received (UTC)", Paragraph(_text(_utc(c.received_at)), st["value"])),
-        ("Reported (UTC)", Paragraph(_text(_utc(c.reported_at)), st["value"])),
-        ("Study UID", Paragraph(_text(md.study_instance_uid), st["small_ink"])),
-        ("Series UID", Paragraph(_text(md.series_instance_uid), st["small_ink"])),
-        ("SOP instance UID", Paragraph(_text(md.sop_instance_uid), st["small_ink"])),
-        ("Job ID", Paragraph(_text(c.job_id), st["small_ink"])),
+        ("Patient name", _plain(name), "bold"),
+        ("Patient ID", _plain(md.patient_id), "bold"),
+        ("Accession number", _plain(md.accession_number), "value"),
+        ("Study date", _plain(md.study_date.isoformat() if md.study_date else None), "value"),
+        ("Body site", _plain(md.body_site), "value"),
+        ("Laterality", _plain(_laterality_text(md.laterality)), "value"),
+        ("Received (UTC)", _utc(c.received_at), "value"),
+        ("Reported (UTC)", _utc(c.reported_at), "value"),
+        ("Study UID", _plain(md.study_instance_uid), "small"),
+        ("Series UID", _plain(md.series_instance_uid), "small"),
+        ("SOP instance UID", _plain(md.sop_instance_uid), "small"),
+        ("Job ID", _plain(c.job_id), "small"),
     ]
+    if name and _missing_glyphs(name):
+        rows.insert(1, ("", "Some characters of the name cannot be shown in this font; "
+                            "identify the patient by ID.", "small"))
     label_w = 30 * mm
-    data = [[Paragraph(label, st["label"]), value] for label, value in rows]
+    value_w = width - label_w - 4  # the right padding
+    data, style = [], [
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LEFTPADDING", (0, 0), (-1, -1), 0),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+        ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+        ("FONT", (0, 0), (0, -1), FONT, 8, 10),
+        ("TEXTCOLOR", (0, 0), (0, -1), MUTED),
+        ("TEXTCOLOR", (1, 0), (1, -1), INK),
+    ]
+    for i, (label, value, kind) in enumerate(rows):
+        font, size, leading = _VALUE_FONTS[kind]
+        data.append([label, "\n".join(simpleSplit(value, font, size, value_w))])
+        style.append(("FONT", (1, i), (1, i), font, size, leading))
+        if not label:  # the note under the name
+            style.append(("TEXTCOLOR", (1, i), (1, i), MUTED))
+        # A rule under each row but the last, and none between the name and its note.
+        if i < len(rows) - 1 and rows[i + 1][0]:
+            style.append(("LINEBELOW", (0, i), (-1, i), 0.25, colors.HexColor("#dddddd")))
     t = Table(data, colWidths=[label_w, width - label_w])
-    t.setStyle(
-        TableStyle(
-            [
-                ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 4),
-                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
-                ("LINEBELOW", (0, 0), (-1, -2), 0.25, colors.HexColor("#dddddd")),
-            ]
-        )
-    )
+    t.setStyle(TableStyle(style))
     return t
+
+
+class _EncodedJpeg(ImageReader):
+    """An encoded JPEG for ``canvas.drawImage``: embedded as it is (DCTDecode) and named in
+    the PDF by a hash of its bytes. reportlab's own reader decodes the pixels again only to
+    hash them. Same bytes in, same PDF out (reports are byte-for-byte reproducible)."""
+
+    def __init__(self, jpeg: bytes, width: int, height: int) -> None:  # noqa: D107 - no super()
+        self.fileName = "thumbnail.jpg"
+        self._ident = None
+        self._image = None
+        self._data = None
+        self._dataA = None
+        self._transparent = None
+        self.mode = "RGB"
+        self._jpeg = jpeg
+        self._width, self._height = width, height
+
+    def jpeg_fh(self) -> io.BytesIO:
+        return io.BytesIO(self._jpeg)
+
+    def getSize(self) -> tuple[int, int]:
+        return self._width, self._height
+
+    def getRGBData(self) -> bytes:
+        return self._jpeg  # only hashed, to name the image object
+
+
+class _Picture(Flowable):
+    """Draws an :class:`_EncodedJpeg` at a given size."""
+
+    def __init__(self, image: _EncodedJpeg, width: float, height: float) -> None:
+        super().__init__()
+        self.image, self.width, self.height = image, width, height
+        self.hAlign = "CENTER"
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return self.width, self.height
+
+    def draw(self) -> None:
+        self.canv.drawImage(self.image, 0, 0, self.width, self.height, mask=None)
 
 
 def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], box: float) -> list:
     h, w = c.image_rgb.shape[:2]
     pil = PILImage.fromarray(c.image_rgb, mode="RGB")
-    pil.thumbnail((600, 600), PILImage.Resampling.LANCZOS)  # enough for print at this size
+    if max(h, w) > 600:  # enough for print at this size
+        pil.thumbnail((600, 600), PILImage.Resampling.LANCZOS, reducing_gap=3.0)
     buf = io.BytesIO()
-    # JPEG is embedded as-is (DCTDecode); a PNG would be re-encoded by reportlab in Python,
-    # which took ~0.65 s of the ~1 s per job (benchmarks/bench_pipeline.py).
+    # JPEG is embedded as-is (DCTDecode); a PNG would be re-encoded by reportlab in Python.
     pil.save(buf, format="JPEG", quality=92, subsampling=0)
-    buf.seek(0)
     scale = min(box / w, box / h)
-    img = Image(buf, width=w * scale, height=h * scale)
-    img.hAlign = "CENTER"
+    img = _Picture(_EncodedJpeg(buf.getvalue(), *pil.size), w * scale, h * scale)
     frame = Table([[img]], colWidths=[box + 6], rowHeights=[box + 6])
     frame.setStyle(
         TableStyle(
@@ -477,8 +555,20 @@ def build_story(c: ReportContent) -> list:
 
 
 def build_pdf(c: ReportContent) -> bytes:
-    """The report as PDF bytes. No patient data goes into the document metadata."""
+    """The report as PDF bytes. No patient data goes into the document metadata.
+
+    Laid out plainly first; a report that does not fit one page (very long field values)
+    is laid out again, shrunk to fit by a ``KeepInFrame``.
+    """
     register_fonts()
+    data, pages = _render(c, shrink=False)
+    if pages > 1:
+        data, _ = _render(c, shrink=True)
+    return data
+
+
+def _render(c: ReportContent, shrink: bool) -> tuple[bytes, int]:
+    """PDF bytes and the number of pages the story took."""
     buf = io.BytesIO()
     doc = SimpleDocTemplate(
         buf,
@@ -496,7 +586,9 @@ def build_pdf(c: ReportContent) -> bytes:
         invariant=1,  # same content -> same bytes -> same sha256 on a retried job
     )
     doc.triage_job_id = c.job_id
-    frame_h = PAGE_H - doc.topMargin - doc.bottomMargin - 2 * FRAME_PAD
-    body = KeepInFrame(CONTENT_W, frame_h, build_story(c), mode="shrink")
-    doc.build([body], onFirstPage=_footer, onLaterPages=_footer)
-    return buf.getvalue()
+    story = build_story(c)
+    if shrink:
+        frame_h = PAGE_H - doc.topMargin - doc.bottomMargin - 2 * FRAME_PAD
+        story = [KeepInFrame(CONTENT_W, frame_h, story, mode="shrink")]
+    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+    return buf.getvalue(), doc.page

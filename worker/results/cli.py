@@ -1,6 +1,6 @@
 """``melanoma-triage deliveries list|resend``: see where results went, re-send dead letters.
 
-Also :func:`delivery_status` / :func:`format_delivery_status` for ``melanoma-triage status``.
+What ``status`` shows of them is :mod:`worker.results.delivery_status`.
 """
 
 from __future__ import annotations
@@ -10,43 +10,14 @@ import logging
 from typing import Annotated, Optional
 
 import typer
-from sqlalchemy.orm import Session
 
 from worker.cli_options import HomeOption, settings_for
 from worker.db import deliveries
+from worker.results.delivery_status import delivery_row
 from schemas import DeliveryState
 
 app = typer.Typer(help="Results sent to PACS, FHIR and webhooks; re-send dead letters.",
                   pretty_exceptions_show_locals=False, no_args_is_help=True)
-
-#: Dead letters listed by ``status`` (newest first).
-STATUS_DEAD_LIMIT = 10
-
-
-def delivery_status(session: Session) -> dict:
-    """Counts by state and the newest dead letters (no patient data: ids, kinds, errors)."""
-    dead = deliveries.listing(session, DeliveryState.DEAD, limit=STATUS_DEAD_LIMIT)
-    return {
-        "deliveries": deliveries.counts_by_state(session),
-        "dead_letters": [_row(r) for r in dead],
-    }
-
-
-def format_delivery_status(info: dict) -> str:
-    lines = ["Deliveries by state:"]
-    lines += [f"  {state:<10} {n}" for state, n in info["deliveries"].items()]
-    if info["dead_letters"]:
-        lines.append("Dead letters (newest first; `melanoma-triage deliveries resend` retries):")
-        lines += [f"  {d['id']} job {d['job_id']} {d['kind']} -> {d['destination']}: "
-                  f"{d['last_error'] or 'no error recorded'}" for d in info["dead_letters"]]
-    return "\n".join(lines)
-
-
-def _row(r) -> dict:
-    return {"id": r.id, "job_id": r.job_id, "kind": r.kind, "destination": r.destination,
-            "state": r.state, "attempts": r.attempts, "last_error": r.last_error,
-            "updated_at": r.updated_at.isoformat() if r.updated_at else None}
-
 
 def _sessions(settings):
     from worker.db.engine import make_engine, make_session_factory
@@ -72,7 +43,7 @@ def list_(
         with sessions() as s:
             rows = deliveries.listing(s, None if state == "all" else DeliveryState(state), limit)
             for r in rows:
-                typer.echo(json.dumps(_row(r)))
+                typer.echo(json.dumps(delivery_row(r)))
     finally:
         engine.dispose()
 

@@ -102,7 +102,8 @@ class _Artifacts:
 
     def dicom_paths(self) -> list[Path]:
         if self._dicom_paths is None:
-            from worker.results.dicom_objects import build_dicom_results, write_objects
+            from worker.results.dicom_objects import write_objects
+            from worker.results.dicom_results import build_dicom_results
 
             objects = build_dicom_results(self.job, self.settings.dicom_image_sop_class)
             self._dicom_paths = write_objects(objects, dicom_outbox(self.settings, self.job.job_id))

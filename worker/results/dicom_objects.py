@@ -322,20 +322,6 @@ def _set_rgb_pixels(ds: Dataset, rgb: np.ndarray) -> None:
     ds.PixelData = rgb.tobytes()
 
 
-def build_dicom_results(job: FinishedJob, image_sop_class: str = DERMOSCOPY_SOP,
-                        pdf: bytes | None = None) -> list[ResultObject]:
-    """Every DICOM object for one finished job, in sending order (image before references)."""
-    from worker.results.dicom_sr import build_structured_report
-
-    source = source_reference(job, image_sop_class)
-    objects: list[ResultObject] = []
-    if "PixelData" in source:  # our own copy of the photograph: PACS needs it first
-        objects.append(ResultObject("image", source))
-    objects.append(ResultObject("sr", build_structured_report(job, source)))
-    objects.append(ResultObject("report", build_report_pdf(job, source, pdf)))
-    return objects
-
-
 def to_bytes(ds: Dataset) -> bytes:
     """A Part 10 file (preamble, file meta) in explicit VR little endian."""
     buf = BytesIO()

@@ -1,4 +1,5 @@
-"""Commands for the lead's typer app: ``models list|show|promote|rollback|shadow|history``,
+"""Commands for the lead's typer app: ``models list|show|promote|approve|pending|rollback|shadow|
+apply-loso|history``,
 ``label``, ``label-import``, ``metrics``, ``retrain --now``. Output never names patients.
 
 ``models list|show|history`` and ``metrics`` are read-only: they never create or migrate a
@@ -114,6 +115,40 @@ def models_promote(version: str, reason: ReasonOption, by: ByOption = None, home
     _print_change(change, "promoted", as_json)
 
 
+@models_app.command("approve")
+def models_approve(version: str, reason: ReasonOption, by: ByOption = None, home: HomeOption = None,
+                   as_json: JsonOption = False) -> None:
+    """Make a retrained challenger that waits for approval current (a person's decision)."""
+    from worker.errors import TriageError
+    from worker.store import admin
+
+    with _Context(home) as ctx:
+        try:
+            change = admin.approve(ctx.store, ctx.sessions, version, admin.actor_name(by), reason)
+        except TriageError as exc:
+            fail(str(exc))
+    _print_change(change, "approved and promoted", as_json)
+
+
+@models_app.command("pending")
+def models_pending(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Retrained challengers that passed the gates and wait for `models approve` (read-only)."""
+    from worker.store import admin
+
+    with _Context(home, read_only=True) as ctx, ctx.sessions() as s:
+        rows = admin.pending_approvals(s)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo("no challenger waits for approval")
+    for r in rows:
+        typer.echo(f"{r['version']}  (retrain run {r['run_id']}, gated against {r['champion']}, "
+                   f"finished {(r['finished_at'] or '')[:19]})")
+        for reason in r["reasons"]:
+            typer.echo(f"  - {reason}")
+
+
 @models_app.command("rollback")
 def models_rollback(reason: ReasonOption, by: ByOption = None,
                     to: Annotated[Optional[str], typer.Option("--to", help="Target version")] = None,
@@ -151,6 +186,45 @@ def models_shadow(version: Annotated[Optional[str], typer.Argument(help="candida
         _print_change(change, "", as_json)
     else:
         typer.echo(f"{ModelAction(change.action).value}: {change.version} by {change.actor}")
+
+
+@models_app.command("apply-loso")
+def models_apply_loso(
+    loso: Annotated[Path, typer.Option("--loso", exists=True, help="loso.json of `train --loso` (or its folder)")],
+    version: Annotated[Optional[str], typer.Argument(help="Base version (default: current)")] = None,
+    allow_other_recipe: Annotated[bool, typer.Option(
+        "--allow-other-recipe", help="Apply a LOSO run of another recipe (input size, backbone)")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a version with VERSION's weights and the urgent threshold that held on the worst
+    held-out source of a leave-one-source-out run (not current: `models promote` does that)."""
+    import shlex
+    import sys
+
+    from worker.errors import TriageError
+    from worker.training.loso import load_loso
+    from worker.training.loso_policy import LosoPolicyError, apply_loso
+
+    with _Context(home, database=False) as ctx:
+        base = version or ctx.store.current_version()
+        if base is None:
+            fail("no VERSION given and no current version", ExitCode.NOT_READY)
+        command = "melanoma-triage models apply-loso " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        try:
+            added, choice = apply_loso(ctx.store, base, load_loso(loso), command.strip(), allow_other_recipe,
+                                       ctx.settings.home / "loso-staging")
+        except (TriageError, LosoPolicyError) as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json({"added_version": added, "base_version": base, **choice})
+        return
+    typer.echo(f"urgent threshold {choice['base_threshold']:.4f} -> {choice['threshold']:.4f} "
+               f"(logit shift {choice['logit_shift']:+.3f}, set by {choice['worst_source']})")
+    typer.echo(choice["sentence"])
+    for difference in choice["recipe_differences"]:
+        typer.echo(f"  warning: {difference}")
+    typer.echo(f"added version {added} (not current): melanoma-triage models promote {added} --reason '...'")
 
 
 @models_app.command("history")
@@ -247,7 +321,7 @@ def metrics(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 
 _RETRAIN_EXIT = {RetrainState.PROMOTED: ExitCode.OK, RetrainState.KEPT: ExitCode.OK,
-                 RetrainState.BUSY: ExitCode.BUSY}
+                 RetrainState.PENDING_APPROVAL: ExitCode.OK, RetrainState.BUSY: ExitCode.BUSY}
 
 
 def retrain(
@@ -286,6 +360,8 @@ def retrain(
         typer.echo(f"state: {state.value}  champion: {outcome.champion}  challenger: {outcome.challenger}")
         for reason in outcome.decision.get("reasons", []) or ([outcome.error] if outcome.error else []):
             typer.echo(f"  - {reason}")
+        if outcome.decision.get("awaiting_approval"):
+            typer.echo(outcome.decision["awaiting_approval"])
     raise typer.Exit(int(_RETRAIN_EXIT.get(state, ExitCode.FAILED)))
 
 

@@ -6,8 +6,10 @@
     -> train a challenger on the train-role rows, handed over as a resolved manifest, into
        <home>/retrain/<run id>/challenger (never into the store)
     -> score champion and challenger on the same locked evaluation set
-    -> gates (worker.retrain.gates) -> promote (add_version + CURRENT + ModelEvent) or keep
-    -> RetrainRun row: promoted | kept | failed, with the decision and its reasons
+    -> gates (worker.retrain.gates) -> promote (add_version + CURRENT + ModelEvent) or keep;
+       with ``promotion_requires_approval``, a passing challenger is stored but not made
+       current: ``pending_approval`` until a person runs ``models approve`` (worker.store.admin)
+    -> RetrainRun row: promoted | pending_approval | kept | failed, with the decision and its reasons
 
 The data are scanned and checked once, here; the trainer takes the rows as they are.
 Confirmed cases are decoded once from the archive into PNG files under
@@ -370,8 +372,13 @@ def _cycle(run: _Run, trainer: Trainer, policy: gates.GatePolicy, progress: Prog
     })
     (run.challenger_dir / "locked_evaluation.json").write_text(json.dumps(decision, indent=1))
 
-    progress(6, total, "promoting the challenger" if verdict.promote else "keeping the champion")
-    state = _promote(run, verdict, decision) if verdict.promote else RetrainState.KEPT
+    hold = verdict.promote and run.settings.promotion_requires_approval
+    progress(6, total, "storing the challenger for approval" if hold else
+             "promoting the challenger" if verdict.promote else "keeping the champion")
+    if hold:
+        state = _hold_for_approval(run, decision)
+    else:
+        state = _promote(run, verdict, decision) if verdict.promote else RetrainState.KEPT
     decision["timings"] = run.timings
     _finish(run.sessions, run.run_id, state, challenger_version=meta.version, decision=decision)
     log.info("retrain %s: %s (%s)", run.run_id, state.value, "; ".join(decision["reasons"]))
@@ -407,6 +414,19 @@ def _promote(run: _Run, verdict: gates.GateDecision, decision: dict) -> RetrainS
             decision["reasons"] = [str(exc)]
             return RetrainState.KEPT
     return RetrainState.PROMOTED
+
+
+def _hold_for_approval(run: _Run, decision: dict) -> RetrainState:
+    """Store the challenger (not current) to wait for ``models approve``; ``kept`` when the
+    lease was lost meanwhile."""
+    if not run.lease.still_held():
+        decision["promote"] = False
+        decision["reasons"] = ["lost the retraining lock before storing the challenger"]
+        return RetrainState.KEPT
+    version = run.store.add_version(run.challenger_dir)
+    decision["awaiting_approval"] = (f"passed the gates; waits for `melanoma-triage models approve {version} "
+                                     "--by NAME --reason TEXT` (settings.promotion_requires_approval)")
+    return RetrainState.PENDING_APPROVAL
 
 
 def _record_failure(run: _Run, exc: BaseException) -> Outcome:

@@ -4,6 +4,9 @@
 * ``rollback``: go back to the version that was current before the latest promote or
   rollback (``previous_version`` of the latest event that made the current version
   current), or to an explicit target.
+* ``approve``: a person makes current a retrained challenger that passed the gates and
+  waits for approval (``settings.promotion_requires_approval``); its retraining run becomes
+  ``promoted`` in the same transaction as the event.
 * ``record_seed``: the first adoption of the shipped model by a fresh store.
 
 The pointer switch and its event row are one unit: the event is flushed inside a
@@ -17,23 +20,23 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas import ModelAction
+from schemas import ModelAction, RetrainState
 from worker.db.lease import DbLease, LockHeld, current_holder
-from worker.db.models import ModelEvent
+from worker.db.models import ModelEvent, RetrainRun, utcnow
 from worker.errors import ModelNotAvailable, TriageError
 from worker.store.versions import ModelStore
 
 #: Taken briefly around every change of the CURRENT pointer (promote, rollback, retrain).
 POINTER_LOCK = "model-pointer"
 #: Actions that change CURRENT (the ones a rollback undoes).
-_POINTER_ACTIONS = (ModelAction.PROMOTE, ModelAction.ROLLBACK, ModelAction.SEED)
+_POINTER_ACTIONS = (ModelAction.PROMOTE, ModelAction.ROLLBACK, ModelAction.SEED, ModelAction.APPROVE)
 
 
 class AdminError(TriageError):
@@ -76,9 +79,11 @@ class Change:
 
 
 def switch(store: ModelStore, sessions: sessionmaker[Session], action: ModelAction, version: str,
-           actor: str, reason: str, expect_current: str | None = None, hold_lock: bool = True) -> Change:
+           actor: str, reason: str, expect_current: str | None = None, hold_lock: bool = True,
+           also: Callable[[Session], None] | None = None) -> Change:
     """Point CURRENT at ``version`` and record the event. ``expect_current``: refuse when the
-    pointer moved since the caller looked (a retraining's champion was replaced meanwhile)."""
+    pointer moved since the caller looked (a retraining's champion was replaced meanwhile).
+    ``also(session)``: more writes that commit with the event, or not at all."""
     if not reason or not reason.strip():
         raise AdminError(f"{action} needs a reason")
     if version not in store.list_versions():
@@ -96,6 +101,8 @@ def switch(store: ModelStore, sessions: sessionmaker[Session], action: ModelActi
                                actor=actor, reason=reason.strip())
             s.add(event)
             s.flush()
+            if also is not None:
+                also(s)
             store.set_current(version)
             event_id = event.id
         # a failed commit raises above, after set_current: put the pointer back
@@ -122,6 +129,45 @@ def promote(store: ModelStore, sessions: sessionmaker[Session], version: str, ac
             reason: str) -> Change:
     """Make ``version`` current (by hand; a retraining calls ``switch`` under its own lease)."""
     return switch(store, sessions, ModelAction.PROMOTE, version, actor, reason)
+
+
+def pending_approvals(session: Session) -> list[dict]:
+    """Retrained challengers that passed the gates and wait for ``approve``, newest first."""
+    rows = session.scalars(select(RetrainRun).where(RetrainRun.state == RetrainState.PENDING_APPROVAL.value)
+                           .order_by(RetrainRun.started_at.desc())).all()
+    return [{"run_id": r.id, "version": r.challenger_version, "champion": r.champion_version,
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+             "reasons": (r.decision or {}).get("reasons", [])} for r in rows]
+
+
+def approve(store: ModelStore, sessions: sessionmaker[Session], version: str, actor: str,
+            reason: str) -> Change:
+    """Make a challenger waiting for approval current, as a person's decision. Refused when it
+    waits for nothing, or when the version it was gated against is no longer current (the
+    comparison no longer holds: retrain again). Other challengers still waiting become
+    ``kept``: they were gated against the champion this one replaces."""
+    with sessions() as s:
+        run = s.scalars(select(RetrainRun).where(RetrainRun.state == RetrainState.PENDING_APPROVAL.value,
+                                                 RetrainRun.challenger_version == version)
+                        .order_by(RetrainRun.started_at.desc()).limit(1)).one_or_none()
+        waiting = [p["version"] for p in pending_approvals(s)]
+    if run is None:
+        raise AdminError(f"{version} is not waiting for approval (waiting: {', '.join(waiting) or 'none'})")
+    if store.current_version() != run.champion_version:
+        raise AdminError(f"{version} passed the gates against {run.champion_version}, but "
+                         f"{store.current_version()} is current now; run the retraining again")
+    approval = {"approved_by": actor, "approval_reason": reason.strip(), "approved_at": utcnow().isoformat()}
+
+    def record(s: Session) -> None:
+        s.execute(update(RetrainRun).where(RetrainRun.id == run.id)
+                  .values(state=RetrainState.PROMOTED.value, decision={**(run.decision or {}), **approval}))
+        for other in s.scalars(select(RetrainRun).where(
+                RetrainRun.state == RetrainState.PENDING_APPROVAL.value, RetrainRun.id != run.id)):
+            other.state = RetrainState.KEPT.value
+            other.decision = {**(other.decision or {}), "superseded_by": version}
+
+    return switch(store, sessions, ModelAction.APPROVE, version, actor, reason,
+                  expect_current=run.champion_version, also=record)
 
 
 def rollback_target(store: ModelStore, session: Session) -> str:

@@ -6,6 +6,7 @@ Layout of a store root::
     SHADOW                       a candidate run in shadow on live traffic (optional)
     versions/<version>/model.keras
     versions/<version>/model.json    schemas.ModelMetadata
+    versions/<version>/model.tflite  the LiteRT export the workers serve (+ serving.json)
     versions/<version>/...           metrics, split, calibration, model card
 
 The store a deployment uses lives in its own folder (the home folder under ``run``, a
@@ -119,7 +120,12 @@ class ModelStore:
         write_atomic(self.root / CURRENT_FILE, (version + "\n").encode())
 
     def add_version(self, source_dir: Path) -> str:
-        """Copy a finished version folder in; the copy appears atomically or not at all."""
+        """Copy a finished version folder in; the copy appears atomically or not at all.
+
+        Its LiteRT export (what workers serve) is made in the staging copy, before the version
+        appears (``worker.classify.export.ensure_export``): train, retrain and calibrate all
+        add versions here. An export that disagrees with the Keras model refuses the version.
+        """
         source_dir = Path(source_dir)
         meta = ModelMetadata.model_validate_json((source_dir / METADATA_FILE).read_text())
         if file_sha256(source_dir / MODEL_FILE) != meta.sha256:
@@ -134,16 +140,28 @@ class ModelStore:
                 source_dir, staging, dirs_exist_ok=True,
                 ignore=shutil.ignore_patterns("checkpoints", "*.tmp"),
             )
+            self._export_for_serving(staging, meta.sha256)
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return meta.version
 
+    def _export_for_serving(self, version_dir: Path, keras_sha256: str) -> None:
+        from worker.classify.export import ensure_export  # imports TensorFlow only if it must
+
+        ensure_export(version_dir, keras_sha256,
+                      donors=[self.version_dir(v) for v in self.list_versions()])
+
     def seed_from(self, shipped: Path | None = None) -> None:
         """Copy in shipped versions this store lacks; adopt the shipped current if none."""
+        from worker.classify.export import adopt_export
+
         shipped_store = ModelStore(shipped or shipped_store_root())
         for version in shipped_store.list_versions():
             self.add_version(shipped_store.version_dir(version))
+            # A version seeded before exports were shipped takes the shipped export along.
+            adopt_export(self.version_dir(version), self.metadata(version).sha256,
+                         [shipped_store.version_dir(version)])
         if self.current_version() is None and shipped_store.current_version():
             self.set_current(shipped_store.current_version())

@@ -72,11 +72,17 @@ def train_command(
     n_boot: int = typer.Option(default("n_boot"), help="bootstrap resamples for confidence intervals"),
     jit: bool = typer.Option(default("jit_compile") is not False,
                              help="XLA-compile the training step (off: faster start, tiny runs)"),
+    loso: bool = typer.Option(False, "--loso", help="Leave-one-source-out instead: per source, train this "
+                              "recipe on the others and score it; OUT gets loso.json and loso.md, no version "
+                              "(resumable per fold)"),
+    loso_source: list[str] | None = typer.Option(None, "--loso-source",
+                                                 help="With --loso: hold out only these sources"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout"),
 ) -> None:
     """Check data, train, calibrate and evaluate; write a complete model store version folder.
 
-    Prints the new version; the trainer's log and a progress bar go to stderr.
+    Prints the new version; the trainer's log and a progress bar go to stderr. With --loso:
+    the leave-one-source-out table instead (`models apply-loso` turns it into a threshold).
     """
     from worker.training.config import TrainConfig
 
@@ -89,6 +95,9 @@ def train_command(
         jit_compile=default("jit_compile") if jit else False,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )
+    if loso:
+        _loso(cfg, loso_source, as_json)
+        return
     with progress("training") as steps, stdout_as_log(steps):
         from worker.training.train import train
 
@@ -98,6 +107,27 @@ def train_command(
                    "test": meta.metrics.get("test")})
     else:
         typer.echo(meta.version)
+
+
+def _loso(cfg, sources: list[str] | None, as_json: bool) -> None:
+    """``train --loso``: every fold, then the table (stdout) and loso.json."""
+    with progress("leave-one-source-out") as steps, stdout_as_log(steps):
+        from worker.training.loso import LOSO_FILE, loso_markdown, run_loso
+
+        result = run_loso(cfg, sources=sources or None)
+    if as_json:
+        emit_json({"out": str(cfg.out / LOSO_FILE), "rules": result["rules"],
+                   "folds": {s: {k: f[k] for k in ("n", "n_melanoma", "threshold", "melanoma_auc", "sensitivity",
+                                                   "specificity")} for s, f in result["folds"].items()}})
+    else:
+        typer.echo(loso_markdown(result))
+
+
+def _version_loso(st, version: str) -> dict | None:
+    from worker.training.loso import LOSO_FILE, load_loso
+
+    path = st.version_dir(version) / LOSO_FILE
+    return load_loso(path) if path.is_file() else None
 
 
 def evaluate_command(
@@ -122,11 +152,17 @@ def evaluate_command(
         metrics = evaluate_version(st, version, list(data), out, cache_dir, threads, n_boot)
     mel = metrics.get("melanoma", {})
     headline = {k: mel.get(k) for k in ("auc", "sensitivity", "specificity") if k in mel}
+    loso = _version_loso(st, version)
     if as_json:
-        emit_json({"version": version, "n": metrics.get("n"), "out": str(out), "melanoma": headline})
+        emit_json({"version": version, "n": metrics.get("n"), "out": str(out), "melanoma": headline,
+                   **({"loso": {"rules": loso.get("rules"), "folds": loso.get("folds")}} if loso else {})})
     else:
         typer.echo(f"evaluated {version} on {metrics.get('n', '?')} images -> {out}")
         typer.echo(json.dumps(headline, default=str))
+        if loso:
+            from worker.training.loso import loso_markdown
+
+            typer.echo("\nleave-one-source-out (the version's loso.json):\n" + loso_markdown(loso))
 
 
 def _image_paths(paths: list[Path]) -> Iterator[Path]:
@@ -143,11 +179,11 @@ def _image_paths(paths: list[Path]) -> Iterator[Path]:
 def _predict_row(clf, path: Path) -> dict:
     """One output row: the prediction, or the reason the input was rejected."""
     from worker.errors import InputRejected
-    from worker.imaging.decode import decode_file
+    from worker.imaging.decode import DRAFT_MIN_SIDE, decode_file
     from worker.imaging.quality import assess_quality
 
     try:
-        rgb = decode_file(path).rgb
+        rgb = decode_file(path, draft_min_side=DRAFT_MIN_SIDE).rgb  # as the workers decode
     except InputRejected as exc:
         return {"path": str(path), "error": exc.code.value, "reason": exc.reason}
     usable, _ = assess_quality(rgb)
@@ -166,21 +202,20 @@ def predict_command(
     model: str | None = typer.Option(None, "--model", help="version (default: current)"),
     store: Path | None = typer.Option(None, help="model store root (default: shipped store)"),
     fmt: PredictFormat = typer.Option(PredictFormat.JSONL, "--format", help="output format"),
-    threads: int = typer.Option(1, help="TensorFlow intra-op threads"),
+    threads: int = typer.Option(1, help="inference threads (LiteRT)"),
 ) -> None:
     """Classify and triage images with the workers' decoding and inference code.
 
     One JSON line (or table row) per image, and a line with "error" for a rejected input.
     Exit code 1 when any input was rejected, 3 when there is no model.
     """
-    from worker.classify.inference import Classifier, configure_tensorflow
+    from worker.classify.inference import Classifier
     from worker.errors import ModelNotAvailable
 
     files = list(_image_paths(paths))
     with progress("loading the model") as steps:
-        configure_tensorflow(threads)
         try:
-            clf = Classifier.from_store(_store(store), model)
+            clf = Classifier.from_store(_store(store), model, threads=threads)
         except ModelNotAvailable as exc:
             fail(str(exc), ExitCode.NOT_READY)
         if fmt is PredictFormat.TABLE:

@@ -15,6 +15,8 @@ from schemas import ModelMetadata
 from worker.store.versions import METADATA_FILE
 
 MODEL_CARD_FILE = "model_card.md"
+#: The leave-one-source-out result in a version folder (``worker.training.loso.LOSO_FILE``).
+LOSO_FILE = "loso.json"
 
 #: Release targets on the held-out test split (see model_card.md).
 TARGETS = {"melanoma_auc": 0.90, "urgent_sensitivity": 0.95, "balanced_accuracy": 0.65, "ece": 0.05}
@@ -80,11 +82,36 @@ def _class_call_line(calib: dict, metrics: dict) -> str:
             f"(test accuracy {_fmt(test.get('accuracy_argmax'))} -> {_fmt(test.get('accuracy'))})")
 
 
-def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: dict) -> str:
-    """model_card.md: intended use, model, data, operating points, test performance, limits."""
+def render_model_card(meta: ModelMetadata, report: dict, calib: dict, metrics: dict,
+                      loso: dict | None = None) -> str:
+    """model_card.md: intended use, model, data, operating points, test performance, the
+    leave-one-source-out table when the version has one (``loso``), limits."""
     lines = (_intro_lines(meta, calib) + _data_lines(meta, report) + _operating_point_lines(meta, calib, metrics)
-             + _performance_lines(meta, metrics) + _limitation_lines(meta))
+             + _performance_lines(meta, metrics) + (loso_lines(loso, meta) if loso else [])
+             + _limitation_lines(meta))
     return "\n".join(lines)
+
+
+def loso_lines(loso: dict, meta: ModelMetadata | None = None) -> list[str]:
+    """The leave-one-source-out section (``worker.training.loso``): per held-out source, AUC and
+    the urgent operating point of a model that never saw that source, and what a new site
+    should expect."""
+    from worker.training.loso import expected_specificity_line, loso_markdown
+
+    applied = (meta.metrics.get("loso_threshold") if meta is not None else None) or {}
+    lines = [
+        "", "## A clinic the model has never seen: leave-one-source-out", "",
+        f"**{expected_specificity_line(loso)}**", "",
+        "Per source, the recipe was trained on the other sources (lesion-grouped split, urgent threshold "
+        "chosen on their pooled validation split) and scored on the held-out source (95% bootstrap CIs). "
+        f"Recipe: `{json.dumps(loso.get('recipe', {}), sort_keys=True)}`; command: `{loso.get('command')}`.", "",
+        loso_markdown(loso, sentence=False).rstrip(),
+    ]
+    if applied:
+        lines += ["", f"This version's urgent threshold {applied['threshold']:.4f} is its parent's validation "
+                  f"threshold {applied['base_threshold']:.4f} moved by the worst-source rule (logit shift "
+                  f"{applied['logit_shift']:+.3f}, set by {applied['worst_source']})."]
+    return lines
 
 
 def _intro_lines(meta: ModelMetadata, calib: dict) -> list[str]:
@@ -121,12 +148,25 @@ def _data_lines(meta: ModelMetadata, report: dict) -> list[str]:
     ] + [f"| {k} | {v} |" for k, v in final["per_source"].items()]
 
 
+def _urgent_line(meta: ModelMetadata, metrics: dict) -> str:
+    th = meta.thresholds
+    applied = meta.metrics.get("loso_threshold")
+    if not applied:
+        return (f"- urgent: P(melanoma) >= {th.urgent_melanoma:.4f} (validation sensitivity "
+                f"{_fmt(th.urgent_sensitivity)}, specificity {_fmt(th.urgent_specificity)})")
+    tested = (metrics.get("thresholds") or {}).get("urgent_melanoma")
+    return (f"- urgent: P(melanoma) >= {th.urgent_melanoma:.4f}, set by leave-one-source-out (below): "
+            f"worst held-out source sensitivity {_fmt(th.urgent_sensitivity)}, expected specificity at a new "
+            f"site {_fmt(th.urgent_specificity)}; the parent's validation threshold was "
+            f"{applied['base_threshold']:.4f}"
+            + (f" (the test-split numbers below were measured at {tested:.4f})" if tested is not None else ""))
+
+
 def _operating_point_lines(meta: ModelMetadata, calib: dict, metrics: dict) -> list[str]:
     th = meta.thresholds
     return [
         "", "## Operating points (chosen on the validation split; calibration.json has the rules)",
-        f"- urgent: P(melanoma) >= {th.urgent_melanoma:.4f} (validation sensitivity "
-        f"{_fmt(th.urgent_sensitivity)}, specificity {_fmt(th.urgent_specificity)})",
+        _urgent_line(meta, metrics),
         f"- soon: P(BCC)+P(SCC)+P(AK) >= {th.soon_keratinocyte:.4f} (validation sensitivity "
         f"{_fmt(th.soon_sensitivity)}, specificity {_fmt(th.soon_specificity)})",
         f"- indeterminate: top probability < {th.min_confidence:.4f} (validation share "
@@ -175,8 +215,11 @@ def _limitation_lines(meta: ModelMetadata) -> list[str]:
 
 
 def write_model_card(out: Path, meta: ModelMetadata, report: dict, calib: dict, metrics: dict) -> None:
-    """model_card.md into the version folder ``out``."""
-    (Path(out) / MODEL_CARD_FILE).write_text(render_model_card(meta, report, calib, metrics))
+    """model_card.md into the version folder ``out`` (with the LOSO section when ``out`` holds
+    a loso.json)."""
+    loso_path = Path(out) / LOSO_FILE
+    loso = json.loads(loso_path.read_text()) if loso_path.is_file() else None
+    (Path(out) / MODEL_CARD_FILE).write_text(render_model_card(meta, report, calib, metrics, loso))
 
 
 def rewrite_model_card(version_dir: Path) -> None:

@@ -1,0 +1,131 @@
+"""A small process supervisor: the children of ``melanoma-triage run`` are restarted when
+they die, with backoff, and the service gives up only on repeated fast failures.
+
+One dead process must not stop the service: a Celery worker killed by the OOM killer or
+by hand is started again within seconds, and the jobs it held come back through their
+expired leases (``worker.reconciler``). A child that keeps dying right after its start
+(a broken configuration, a port in use) is given up after ``max_restarts`` exits within
+``window_s``, loudly, rather than restarted forever.
+
+Each child runs in a session of its own (its process group is its pid): when its main
+process dies, the group is killed too, so no orphaned pool process keeps running a task
+nobody will acknowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    """One supervised command and its recent history."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+    exits: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+    restarts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class GaveUp(RuntimeError):
+    """A child failed too often too fast; the service stops."""
+
+
+class Supervisor:
+    """Start children, restart the dead ones (call :meth:`check` periodically), stop all."""
+
+    def __init__(self, children: dict[str, list[str]], env: dict[str, str] | None = None,
+                 max_restarts: int = 5, window_s: float = 60.0, backoff_max_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.children = [Child(name, list(cmd), env) for name, cmd in children.items()]
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self.gave_up: str | None = None
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.restart_at = None
+        try:
+            child.proc = subprocess.Popen(child.command, env=child.env, start_new_session=True)
+        except OSError as exc:  # not even started: counts as an exit
+            log.error("%s could not be started (%s)", child.name, type(exc).__name__)
+            child.proc = None
+            self._exited(child, None)
+
+    def check(self) -> None:
+        """Reap dead children and restart those whose backoff has passed.
+
+        Raises :class:`GaveUp` after ``max_restarts`` exits of one child within ``window_s``."""
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None:
+                code = child.proc.returncode
+                _kill_group(child.proc.pid)  # orphaned pool processes of a killed main
+                child.proc = None
+                self._exited(child, code)
+            if child.proc is None and child.restart_at is not None and self.clock() >= child.restart_at:
+                child.restarts += 1
+                self._start(child)
+                if child.proc is not None:
+                    log.warning("%s restarted (pid %d, restart %d)", child.name, child.proc.pid,
+                                child.restarts)
+
+    def _exited(self, child: Child, code: int | None) -> None:
+        now = self.clock()
+        child.exits.append(now)
+        while child.exits and child.exits[0] < now - self.window_s:
+            child.exits.popleft()
+        recent = len(child.exits)
+        if recent >= self.max_restarts:
+            self.gave_up = (f"{child.name} exited {recent} times within {self.window_s:.0f} s "
+                            f"(last exit code {code}); giving up")
+            log.critical("%s: stopping the service", self.gave_up)
+            raise GaveUp(self.gave_up)
+        delay = min(self.backoff_max_s, 2.0 ** (recent - 1))
+        child.restart_at = now + delay
+        log.error("%s exited with code %s; restarting in %.0f s (%d of %d exits allowed within %.0f s)",
+                  child.name, code, delay, recent, self.max_restarts - 1, self.window_s)
+
+    def stop_all(self, timeout_s: float) -> None:
+        """SIGTERM (Celery: warm shutdown, the running task finishes), wait, then SIGKILL."""
+        for child in self.children:
+            if child.running:
+                with suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", child.name)
+            _kill_group(child.proc.pid)
+            with suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=10)
+
+
+def _kill_group(pgid: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
