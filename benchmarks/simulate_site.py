@@ -200,7 +200,7 @@ def main() -> None:
             print("   the gate refused: nothing promoted")
             return
         # The monitor's new reference: this site's own traffic (half A), under the new thresholds.
-        reference = shift.traffic_reference(rt.sessions, site.equivalent_versions(store, base), proposal.version,
+        reference = shift.traffic_reference(rt.sessions, site.equivalent_versions(store, base), "(this site)",
                                             proposal.thresholds, n=len(jobs_a))
         added = site.write_version(store, proposal, "benchmarks/simulate_site.py", home / "calibration", reference)
         change = admin.promote(store, rt.sessions, added, "simulation", "site calibration from half A")

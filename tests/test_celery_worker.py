@@ -107,3 +107,22 @@ def test_a_job_waits_for_a_model_instead_of_failing(prod_settings, worker):
             assert job.state in ("queued", "running") and job.attempts <= 1
         store.set_current(version)
         assert _wait_final(client, job_id, timeout=120) == "done"
+
+
+def test_a_retrain_message_delivered_twice_runs_once(prod_settings):
+    """Acknowledged on receipt (a retraining outlives Redis's visibility timeout), and its
+    task id claimed in the database: the same message again does nothing."""
+    from worker.db.models import RetrainRun
+    from worker.db.task_claims import claim_once
+    from worker.queues import RETRAIN_TASK
+    from worker.tasks import runtime_for
+
+    app = create_worker_app(prod_settings)
+    task = app.tasks[RETRAIN_TASK]
+    assert task.acks_late is False
+    sessions = runtime_for(app).sessions
+    assert claim_once(sessions, "retrain-message-1", RETRAIN_TASK)  # its first delivery
+    assert task.apply(args=["schedule"], task_id="retrain-message-1").get() == "duplicate"
+    assert not claim_once(sessions, "retrain-message-1", RETRAIN_TASK)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(RetrainRun)) == 0

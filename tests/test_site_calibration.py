@@ -166,6 +166,7 @@ def test_calibrate_command(settings, sessions, store_with_tiny_model) -> None:
     assert dry.exit_code == 0, dry.output
     assert "urgent threshold:" in dry.stdout and "dry run: no version added" in dry.stdout
     real = runner.invoke(app, ["calibrate", "--no-rescore", "--home", str(settings.home), "--json"])
+    assert real.exit_code == 0, (real.output, real.exception)
     assert json.loads(real.stdout)["proposed"] is True
     assert real.exit_code == 0, real.output
     added = json.loads(real.stdout)["added_version"]

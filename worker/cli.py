@@ -189,7 +189,9 @@ def db_upgrade(home: HomeOption = None,
 
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.calibration.cli import register as register_calibration
     from worker.doors.cli import register as register_doors
+    from worker.monitor.cli import register as register_monitor
     from worker.results.cli import app as deliveries_app
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
@@ -198,6 +200,8 @@ def _register_command_groups() -> None:
     register_retrain(app)
     register_doors(app)  # serve, receive-dicom, tokens
     app.add_typer(deliveries_app, name="deliveries")  # deliveries list|resend
+    register_monitor(app)  # monitor reference|shift
+    register_calibration(app)  # calibrate
 
 
 _register_command_groups()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from schemas import TriageLevel
 from worker.db import jobs
 from worker.db.engine import make_engine, make_session_factory
+from worker.monitor.shift import format_lines, status_summary
 from worker.queues import TRIAGE_QUEUE
 from worker.results.delivery_status import delivery_status, format_delivery_status
 from worker.settings import Settings
@@ -45,6 +46,7 @@ def collect_status(settings: Settings) -> dict:
         "triage": triage,
         "model_version": ModelStore(settings.model_store_dir).current_version(),
         "home": str(settings.home),
+        "shift": status_summary(settings.database_url, settings.model_store_dir),
         **delivered,
     }
 
@@ -58,4 +60,5 @@ def format_status(info: dict) -> str:
     lines += [f"  {level.value:<13} {info['triage'].get(level.value, 0)}" for level in TriageLevel]
     lines.append(f"Current model version: {info['model_version'] or 'none'}")
     lines.append(format_delivery_status(info))
+    lines += format_lines(info["shift"])
     return "\n".join(lines)

@@ -184,11 +184,11 @@ def retrain(task: Task, trigger: str = "schedule") -> str:
 def register_tasks(app: Celery) -> None:
     """Put the tasks on ``app`` (``shared=False``: each app gets its own, with its settings)."""
     app.task(name=PROCESS_TASK, shared=False, bind=True, autoretry_for=TRANSIENT_ERRORS,
-             retry_backoff=2, retry_backoff_max=60, retry_jitter=True,
+             retry_backoff=2, retry_backoff_max=30, retry_jitter=True,
              # No cap: a database or broker outage is not the image's fault, and a job
              # whose retries ran out would wait for the reconciler's stale period. The
              # attempts counter in the jobs table still stops a poisonous image; a job
-             # goes on at most a minute after the outage ends.
+             # goes on at most 30 s after the outage ends.
              max_retries=None)(process_image)
     app.task(name=RECONCILE_TASK, bind=True, shared=False)(reconcile)
     # Covers every retry of every destination; a killed task leaves its rows pending and

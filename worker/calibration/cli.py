@@ -69,7 +69,7 @@ def calibrate(
         engine = make_engine(settings.database_url)
         try:
             reference = traffic_reference(make_session_factory(engine), site.equivalent_versions(store, base),
-                                          proposal.version, proposal.thresholds)
+                                          "(this site)", proposal.thresholds)
         finally:
             engine.dispose()
         added = site.write_version(store, proposal, command.strip(), settings.home / "calibration", reference)

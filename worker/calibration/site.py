@@ -143,7 +143,7 @@ class Proposal:
     urgent: OperatingPoint
     soon: OperatingPoint | None
     base_urgent: dict  # the base threshold on these cases: sensitivity/specificity intervals
-    soon_base_threshold: float
+    base_soon: dict
     gate: dict
     counts: dict
     cases_sha256: str
@@ -195,11 +195,14 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
                                     policy.seed)
     soon_idx = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
     y_soon = np.isin(cases.diagnoses, list(SOON_CLASSES))
+    p_soon = cases.probs[:, soon_idx].sum(axis=1)
     soon = None
     if y_soon.sum() >= policy.min_keratinocyte and (~y_soon).sum() >= policy.min_benign:
-        soon = choose_operating_point(y_soon, cases.probs[:, soon_idx].sum(axis=1), policy.soon_sensitivity,
-                                      policy.n_boot, policy.confidence, policy.seed)
+        soon = choose_operating_point(y_soon, p_soon, policy.soon_sensitivity, policy.n_boot, policy.confidence,
+                                      policy.seed)
     bt = base.thresholds
+    soon_sens, soon_spec = interval_at(y_soon, p_soon, bt.soon_keratinocyte, 2 * policy.n_boot, policy.confidence,
+                                       policy.seed) if y_soon.any() and (~y_soon).any() else (None, None)
     thresholds = bt.model_copy(update={
         "urgent_melanoma": urgent.threshold, "urgent_sensitivity": urgent.expected_sensitivity,
         "urgent_specificity": urgent.expected_specificity,
@@ -213,7 +216,10 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
     return Proposal(base_version=base.version, thresholds=thresholds, urgent=urgent, soon=soon,
                     base_urgent={"threshold": bt.urgent_melanoma, "sensitivity": asdict(sens),
                                  "specificity": asdict(spec)},
-                    soon_base_threshold=bt.soon_keratinocyte, gate=gate,
+                    base_soon={"threshold": bt.soon_keratinocyte,
+                               "sensitivity": asdict(soon_sens) if soon_sens else None,
+                               "specificity": asdict(soon_spec) if soon_spec else None},
+                    gate=gate,
                     counts=cases.counts | {"melanoma": n_mel, "other": n_other, "keratinocyte": int(y_soon.sum())},
                     cases_sha256=digest, created_at=now.isoformat(timespec="seconds"))
 
@@ -314,12 +320,18 @@ def format_proposal(p: Proposal) -> list[str]:
         f"  site on these cases: sensitivity {u.sensitivity.text()}, specificity {u.specificity.text()}",
         f"  expected on new cases (out of bag): sensitivity {u.expected_sensitivity:.3f}, "
         f"specificity {u.expected_specificity:.3f} (in-sample target {u.in_sample_target:.2f})",
-        (f"soon threshold: {p.soon_base_threshold:.4f} (base) -> {p.soon.threshold:.4f} (site): keratinocyte "
-         f"sensitivity {p.soon.sensitivity.text()}, specificity {p.soon.specificity.text()}; expected "
-         f"{p.soon.expected_sensitivity:.3f} / {p.soon.expected_specificity:.3f}" if p.soon
-         else f"soon threshold: {p.thresholds.soon_keratinocyte:.4f} (base; {c['keratinocyte']} keratinocyte "
+        (f"soon threshold: {p.base_soon['threshold']:.4f} (base) -> {p.soon.threshold:.4f} (site)" if p.soon
+         else f"soon threshold: {p.thresholds.soon_keratinocyte:.4f} (base kept; {c['keratinocyte']} keratinocyte "
               f"lesions, {SitePolicy().min_keratinocyte} needed)"),
-        f"gate: {'passed' if p.passed else 'FAILED'}",
     ]
+    if p.soon:
+        bs = p.base_soon
+        lines += [f"  base on these cases: keratinocyte sensitivity {Interval(**bs['sensitivity']).text()}, "
+                  f"specificity {Interval(**bs['specificity']).text()}",
+                  f"  site on these cases: keratinocyte sensitivity {p.soon.sensitivity.text()}, "
+                  f"specificity {p.soon.specificity.text()}",
+                  f"  expected on new cases (out of bag): sensitivity {p.soon.expected_sensitivity:.3f}, "
+                  f"specificity {p.soon.expected_specificity:.3f}"]
+    lines.append(f"gate: {'passed' if p.passed else 'FAILED'}")
     lines += [f"  - {r}" for r in p.gate.get("reasons", [])]
     return lines

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.classify.runtime_litert import SERVING_FILE, SERVING_MODEL_FILE, LiteRTModel
+from worker.classify.runtime_litert import LiteRTModel
 from worker.durable import write_atomic
 from worker.errors import ModelNotAvailable
-from worker.store.versions import METADATA_FILE, MODEL_FILE, file_sha256
+from worker.store.version_files import (METADATA_FILE, MODEL_FILE, SERVING_FILE, SERVING_MODEL_FILE,
+                                        file_sha256)
 
 SERVING_FORMAT = "litert-float32"
 # Largest |Δ logit| accepted between Keras and the exported model on the probe images.

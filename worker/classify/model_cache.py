@@ -29,10 +29,15 @@ class ModelCache:
         self._shadow: Classifier | None = None
 
     def get(self, allow_export: bool = True) -> Classifier:
-        """The classifier of the current version; reading CURRENT costs one small file read."""
+        """The classifier of the current version; reading CURRENT costs one small file read.
+
+        No CURRENT (an operator emptied the pointer): no model, even one loaded before; the
+        job waits (``ModelNotAvailable`` is retried) until a version is promoted."""
         version = self.store.current_version()
+        if version is None:
+            raise ModelNotAvailable(f"no current model version in {self.store.root}")
         with self._lock:
-            if self._classifier is None or (version and self._classifier.version != version):
+            if self._classifier is None or self._classifier.version != version:
                 classifier = Classifier.from_store(self.store, version, threads=self.threads,
                                                    allow_export=allow_export)
                 classifier.warm_up()

@@ -9,7 +9,6 @@ worker never serves an export of some other model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -17,17 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from worker.errors import ModelNotAvailable
+from worker.store.version_files import SERVING_FILE, SERVING_MODEL_FILE, file_sha256
 
-SERVING_FILE = "serving.json"  # written by worker.classify.export
-SERVING_MODEL_FILE = "model.tflite"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["LiteRTModel", "SERVING_FILE", "SERVING_MODEL_FILE"]
 
 
 class LiteRTModel:
@@ -78,7 +69,7 @@ class LiteRTModel:
             raise ModelNotAvailable(f"model {version_dir.name}: {SERVING_MODEL_FILE} was exported "
                                     "from a different model.keras")
         path = version_dir / record.get("file", SERVING_MODEL_FILE)
-        if not path.is_file() or _sha256(path) != record.get("sha256"):
+        if not path.is_file() or file_sha256(path) != record.get("sha256"):
             raise ModelNotAvailable(f"model {version_dir.name}: {path.name} sha256 mismatch")
         return cls(path, num_threads=num_threads)
 

@@ -165,7 +165,8 @@ def traffic_reference(sessions: sessionmaker[Session], versions: list[str], new_
     """A reference made of this site's own recent traffic (the latest ``n`` reported
     predictions of ``versions``, with their archived images' statistics), for a version
     calibrated on this site: from then on the monitor watches for drift *from the site*, not
-    from the validation data. None with fewer than ``min_images`` images."""
+    from the validation data. ``new_version``: the version it is for (``calibration.site.
+    write_version`` writes the final name in). None with fewer than ``min_images`` images."""
     from worker.monitor.reference import ImageRecord, build_reference
 
     with sessions() as s:

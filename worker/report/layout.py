@@ -10,7 +10,8 @@ Cost per report (issue 10, ``benchmarks/bench_pipeline.py``): reportlab's C acce
 (``rl_config.useA85 = 0``: binary PDF streams are standard), styles built once per
 process, the patient fields as plain table strings (24 Paragraphs cost more than the rest
 of the page), and the thumbnail embedded as the JPEG it was encoded to, not decoded again
-by reportlab to hash its pixels.
+by reportlab to hash its pixels. Boxes, columns and the bar chart are drawn by
+:mod:`worker.report.flowables` and :class:`ProbabilityChart`, not by nested tables.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
 from PIL import Image as PILImage
-from reportlab.graphics.shapes import Drawing, Line, Rect, String
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.lib.utils import ImageReader, simpleSplit
+from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
     Flowable,
+    LayoutError,
     KeepInFrame,
     Paragraph,
     SimpleDocTemplate,
@@ -47,6 +48,7 @@ from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, Laterality, TriageLevel
 from schemas.classes import DISPLAY_NAMES
 from worker.classify.triage import percent
 from worker.report.content import ReportContent
+from worker.report.flowables import Box, Columns, EncodedJpeg, FramedPicture, Panel
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
 NOT_RECORDED = "not recorded"
@@ -134,6 +136,10 @@ def _styles() -> dict[str, ParagraphStyle]:
         "small_ink": ParagraphStyle("small_ink", base, fontSize=7, leading=8.5),
         "caption": ParagraphStyle("caption", base, fontSize=7, leading=8.5, textColor=MUTED, alignment=1),
         "disclaimer": ParagraphStyle("disclaimer", base, fontSize=8.5, leading=11),
+        "when": ParagraphStyle("when", base, fontSize=8, leading=10, textColor=MUTED, alignment=2),
+        "banner_label": ParagraphStyle("bl", base, fontSize=7.5, leading=10, textColor=MUTED),
+        "banner": ParagraphStyle("bw", base, fontName=FONT_BOLD, fontSize=13, leading=16),
+        "quality": ParagraphStyle("q", base, fontSize=10, leading=13),
     }
 
 
@@ -192,23 +198,11 @@ def _header(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
         "Not a diagnosis \u2014 see the statement at the foot of this page.",
         st["subtitle"],
     )
-    when = Paragraph(f"Reported {_utc(c.reported_at)}", ParagraphStyle("when", st["subtitle"], alignment=2))
-    t = Table([[Paragraph(escape(TITLE), st["title"]), ""], [sub, when]], colWidths=[CONTENT_W - 60 * mm, 60 * mm])
-    t.setStyle(
-        TableStyle(
-            [
-                ("SPAN", (0, 0), (1, 0)),
-                ("VALIGN", (0, 0), (-1, -1), "BOTTOM"),
-                ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 0),
-                ("TOPPADDING", (0, 0), (-1, -1), 0),
-                ("BOTTOMPADDING", (0, 0), (-1, 0), 3),
-                ("BOTTOMPADDING", (0, 1), (-1, 1), 5),
-                ("LINEBELOW", (0, 1), (-1, 1), 1.2, INK),
-            ]
-        )
-    )
-    return [t, Spacer(1, 6)]
+    when = Paragraph(f"Reported {_utc(c.reported_at)}", st["when"])
+    row = Columns(sub, when, CONTENT_W - 60 * mm, 60 * mm, valign="bottom")
+    head = Panel([(Paragraph(escape(TITLE), st["title"]), 3), (row, 0)], CONTENT_W,
+                 Box(bottom=5, rule_below=(1.2, INK)))
+    return [head, Spacer(1, 6)]
 
 
 def _plain(value: object | None, limit: int = MAX_FIELD_CHARS) -> str:
@@ -277,167 +271,101 @@ def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float
     return t
 
 
-class _EncodedJpeg(ImageReader):
-    """An encoded JPEG for ``canvas.drawImage``: embedded as it is (DCTDecode) and named in
-    the PDF by a hash of its bytes. reportlab's own reader decodes the pixels again only to
-    hash them. Same bytes in, same PDF out (reports are byte-for-byte reproducible)."""
-
-    def __init__(self, jpeg: bytes, width: int, height: int) -> None:  # noqa: D107 - no super()
-        self.fileName = "thumbnail.jpg"
-        self._ident = None
-        self._image = None
-        self._data = None
-        self._dataA = None
-        self._transparent = None
-        self.mode = "RGB"
-        self._jpeg = jpeg
-        self._width, self._height = width, height
-
-    def jpeg_fh(self) -> io.BytesIO:
-        return io.BytesIO(self._jpeg)
-
-    def getSize(self) -> tuple[int, int]:
-        return self._width, self._height
-
-    def getRGBData(self) -> bytes:
-        return self._jpeg  # only hashed, to name the image object
-
-
-class _Picture(Flowable):
-    """Draws an :class:`_EncodedJpeg` at a given size."""
-
-    def __init__(self, image: _EncodedJpeg, width: float, height: float) -> None:
-        super().__init__()
-        self.image, self.width, self.height = image, width, height
-        self.hAlign = "CENTER"
-
-    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
-        return self.width, self.height
-
-    def draw(self) -> None:
-        self.canv.drawImage(self.image, 0, 0, self.width, self.height, mask=None)
-
-
-def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], box: float) -> list:
+def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], column: float) -> Panel:
+    """The image as classified, re-encoded once as a <= 600 px JPEG that the PDF embeds as it is."""
     h, w = c.image_rgb.shape[:2]
     pil = PILImage.fromarray(c.image_rgb, mode="RGB")
-    if max(h, w) > 600:  # enough for print at this size
-        pil.thumbnail((600, 600), PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+    if max(h, w) > 600:  # enough for print at this size (~250 dpi across 62 mm)
+        # Pillow's bilinear filter widens with the reduction (antialiased); Lanczos cost 2x
+        # as much for no visible difference at this size.
+        pil.thumbnail((600, 600), PILImage.Resampling.BILINEAR, reducing_gap=None)
     buf = io.BytesIO()
     # JPEG is embedded as-is (DCTDecode); a PNG would be re-encoded by reportlab in Python.
     pil.save(buf, format="JPEG", quality=92, subsampling=0)
+    frame = column - 2
+    box = frame - 6
     scale = min(box / w, box / h)
-    img = _Picture(_EncodedJpeg(buf.getvalue(), *pil.size), w * scale, h * scale)
-    frame = Table([[img]], colWidths=[box + 6], rowHeights=[box + 6])
-    frame.setStyle(
-        TableStyle(
-            [
-                ("ALIGN", (0, 0), (-1, -1), "CENTER"),
-                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-                ("BOX", (0, 0), (-1, -1), 0.5, RULE),
-                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fafafa")),
-            ]
-        )
-    )
-    frame.hAlign = "CENTER"
+    picture = FramedPicture(EncodedJpeg(buf.getvalue(), *pil.size), w * scale, h * scale, frame,
+                            fill=colors.HexColor("#fafafa"), stroke=RULE)
     caption = Paragraph(f"Image as classified ({w} \u00d7 {h} px)", st["caption"])
-    return [frame, Spacer(1, 2), caption]
+    return Panel([(picture, 2), (caption, 0)], column, Box(left=1, right=1))
 
 
 def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     fill, ink = BANNER[c.triage]
     hexink = ink.hexval()[2:]
-    label = Paragraph(f'<font color="#{hexink}">TRIAGE RESULT</font>', ParagraphStyle("bl", st["label"], fontSize=7.5))
-    wording = Paragraph(
-        f'<font color="#{hexink}">{escape(c.triage.wording)}</font>',
-        ParagraphStyle("bw", st["base"], fontName=FONT_BOLD, fontSize=13, leading=16),
-    )
-    t = Table([[label], [wording]], colWidths=[CONTENT_W])
-    t.setStyle(
-        TableStyle(
-            [
-                ("BACKGROUND", (0, 0), (-1, -1), fill),
-                ("LEFTPADDING", (0, 0), (-1, -1), 8),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 8),
-                ("TOPPADDING", (0, 0), (-1, 0), 5),
-                ("BOTTOMPADDING", (0, 0), (-1, 0), 0),
-                ("TOPPADDING", (0, 1), (-1, 1), 1),
-                ("BOTTOMPADDING", (0, 1), (-1, 1), 7),
-            ]
-        )
-    )
-    explanation = Table(
-        [[Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])]],
-        colWidths=[CONTENT_W],
-    )
-    explanation.setStyle(
-        TableStyle(
-            [
-                ("BOX", (0, 0), (-1, -1), 1, fill),
-                ("LEFTPADDING", (0, 0), (-1, -1), 8),
-                ("TOPPADDING", (0, 0), (-1, -1), 4),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
-            ]
-        )
-    )
-    return [t, explanation]
+    label = Paragraph(f'<font color="#{hexink}">TRIAGE RESULT</font>', st["banner_label"])
+    wording = Paragraph(f'<font color="#{hexink}">{escape(c.triage.wording)}</font>', st["banner"])
+    banner = Panel([(label, 1), (wording, 0)], CONTENT_W, Box(left=8, right=8, top=5, bottom=7, fill=fill))
+    reason = Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])
+    explanation = Panel([(reason, 0)], CONTENT_W,
+                        Box(left=8, right=6, top=4, bottom=5, stroke=fill, stroke_width=1))
+    return [banner, explanation]
 
 
-def _quality_box(note: str, st: dict[str, ParagraphStyle]) -> Table:
-    t = Table(
-        [[Paragraph(f"<b>IMAGE QUALITY WARNING:</b> {_text(note, MAX_SENTENCE_CHARS)}", ParagraphStyle("q", st["base"], fontSize=10, leading=13))]],
-        colWidths=[CONTENT_W],
-    )
-    t.setStyle(
-        TableStyle(
-            [
-                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fff4ce")),
-                ("BOX", (0, 0), (-1, -1), 1.5, colors.HexColor("#c77700")),
-                ("LEFTPADDING", (0, 0), (-1, -1), 8),
-                ("TOPPADDING", (0, 0), (-1, -1), 5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
-            ]
-        )
-    )
-    return t
+def _quality_box(note: str, st: dict[str, ParagraphStyle]) -> Panel:
+    text = Paragraph(f"<b>IMAGE QUALITY WARNING:</b> {_text(note, MAX_SENTENCE_CHARS)}", st["quality"])
+    return Panel([(text, 0)], CONTENT_W, Box(left=8, right=6, top=5, bottom=6,
+                                             fill=colors.HexColor("#fff4ce"),
+                                             stroke=colors.HexColor("#c77700"), stroke_width=1.5))
 
 
-def probability_chart(c: ReportContent, width: float = CONTENT_W) -> Drawing:
-    """Horizontal bars in the fixed model order, so every report reads the same way."""
-    row_h, bar_h = 17.0, 10.5
-    label_w, value_w = 150.0, 52.0
-    top_pad, axis_h = 4.0, 14.0
-    n = len(CLASS_NAMES)
-    height = top_pad + n * row_h + axis_h
-    plot_x0 = label_w
-    plot_w = width - label_w - value_w
-    d = Drawing(width, height)
-    y_top = height - top_pad
+class ProbabilityChart(Flowable):
+    """Horizontal bars in the fixed model order, so every report reads the same way; drawn
+    straight onto the canvas (a reportlab.graphics Drawing of ~50 shapes cost more)."""
 
-    # grid and axis
-    for k in range(0, 101, 25):
-        x = plot_x0 + plot_w * k / 100
-        d.add(Line(x, axis_h, x, y_top, strokeColor=colors.HexColor("#e0e0e0"), strokeWidth=0.5))
-        d.add(String(x, axis_h - 9, f"{k} %", fontName=FONT, fontSize=6.5, fillColor=MUTED, textAnchor="middle"))
-    d.add(Line(plot_x0, axis_h, plot_x0, y_top, strokeColor=RULE, strokeWidth=0.7))
+    ROW_H, BAR_H = 17.0, 10.5
+    LABEL_W, VALUE_W = 150.0, 52.0
+    TOP_PAD, AXIS_H = 4.0, 14.0
 
-    for i, name in enumerate(CLASS_NAMES):
-        p = min(max(float(c.probabilities[name]), 0.0), 1.0)
-        is_mel = name == MELANOMA
-        y = y_top - (i + 1) * row_h + (row_h - bar_h) / 2
-        font = FONT_BOLD if is_mel else FONT
-        label = DISPLAY_NAMES[name] + (" *" if name in SOON_CLASSES else "")
-        d.add(String(plot_x0 - 6, y + 2.8, label, fontName=font, fontSize=8.5, fillColor=INK, textAnchor="end"))
-        if p > 0:
-            d.add(
-                Rect(plot_x0, y, max(plot_w * p, 0.6), bar_h,
-                     fillColor=BAR_MELANOMA if is_mel else BAR, strokeColor=None)
-            )
-        d.add(String(plot_x0 + plot_w * p + 4, y + 2.8, percent(p), fontName=font, fontSize=8, fillColor=INK))
-        if is_mel:
-            tx = plot_x0 + plot_w * c.thresholds.urgent_melanoma
-            d.add(Line(tx, y - 3, tx, y + bar_h + 3, strokeColor=INK, strokeWidth=1.2, strokeDashArray=[2, 1.5]))
-    return d
+    def __init__(self, c: ReportContent, width: float = CONTENT_W) -> None:
+        super().__init__()
+        self.probabilities = {n: min(max(float(c.probabilities[n]), 0.0), 1.0) for n in CLASS_NAMES}
+        self.urgent = c.thresholds.urgent_melanoma
+        self.width = width
+        self.height = self.TOP_PAD + len(CLASS_NAMES) * self.ROW_H + self.AXIS_H
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return self.width, self.height
+
+    def draw(self) -> None:
+        cv = self.canv
+        x0, axis_h = self.LABEL_W, self.AXIS_H
+        plot_w = self.width - self.LABEL_W - self.VALUE_W
+        y_top = self.height - self.TOP_PAD
+        cv.saveState()
+        cv.setStrokeColor(colors.HexColor("#e0e0e0"))
+        cv.setLineWidth(0.5)
+        cv.setFont(FONT, 6.5)
+        cv.setFillColor(MUTED)
+        for k in range(0, 101, 25):  # grid and axis
+            x = x0 + plot_w * k / 100
+            cv.line(x, axis_h, x, y_top)
+            cv.drawCentredString(x, axis_h - 9, f"{k} %")
+        cv.setStrokeColor(RULE)
+        cv.setLineWidth(0.7)
+        cv.line(x0, axis_h, x0, y_top)
+        for i, name in enumerate(CLASS_NAMES):
+            p = self.probabilities[name]
+            is_mel = name == MELANOMA
+            y = y_top - (i + 1) * self.ROW_H + (self.ROW_H - self.BAR_H) / 2
+            font = FONT_BOLD if is_mel else FONT
+            cv.setFillColor(INK)
+            cv.setFont(font, 8.5)
+            cv.drawRightString(x0 - 6, y + 2.8, DISPLAY_NAMES[name] + (" *" if name in SOON_CLASSES else ""))
+            cv.setFont(font, 8)
+            cv.drawString(x0 + plot_w * p + 4, y + 2.8, percent(p))
+            if p > 0:
+                cv.setFillColor(BAR_MELANOMA if is_mel else BAR)
+                cv.rect(x0, y, max(plot_w * p, 0.6), self.BAR_H, stroke=0, fill=1)
+            if is_mel:
+                tx = x0 + plot_w * self.urgent
+                cv.setStrokeColor(INK)
+                cv.setLineWidth(1.2)
+                cv.setDash([2, 1.5])
+                cv.line(tx, y - 3, tx, y + self.BAR_H + 3)
+                cv.setDash()
+        cv.restoreState()
 
 
 def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
@@ -450,13 +378,13 @@ def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     )
     return [
         Paragraph("Class probabilities", st["h"]),
-        probability_chart(c),
+        ProbabilityChart(c),
         Spacer(1, 2),
         Paragraph(note, st["small"]),
     ]
 
 
-def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Table:
+def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Panel:
     th = c.thresholds
 
     def perf(sens: float | None, spec: float | None) -> str:
@@ -474,36 +402,15 @@ def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Table:
         f"indeterminate if the highest class probability &lt; {percent(th.min_confidence)}.",
         f"<b>Image SHA-256:</b> {_text(c.image_sha256)}",
     ]
-    t = Table([[Paragraph(line, st["small_ink"])] for line in lines], colWidths=[CONTENT_W])
-    t.setStyle(
-        TableStyle(
-            [
-                ("BACKGROUND", (0, 0), (-1, -1), PANEL),
-                ("LEFTPADDING", (0, 0), (-1, -1), 6),
-                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
-                ("TOPPADDING", (0, 0), (-1, 0), 4),
-                ("BOTTOMPADDING", (0, -1), (-1, -1), 4),
-            ]
-        )
-    )
-    return t
+    items = [(Paragraph(line, st["small_ink"]), 3) for line in lines]
+    items[-1] = (items[-1][0], 0)
+    return Panel(items, CONTENT_W, Box(left=6, right=6, top=4, bottom=4, fill=PANEL))
 
 
-def _disclaimer(st: dict[str, ParagraphStyle]) -> Table:
-    t = Table([[Paragraph(f"<b>Important.</b> {escape(DISCLAIMER)}", st["disclaimer"])]], colWidths=[CONTENT_W])
-    t.setStyle(
-        TableStyle(
-            [
-                ("BOX", (0, 0), (-1, -1), 0.8, INK),
-                ("LEFTPADDING", (0, 0), (-1, -1), 8),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 8),
-                ("TOPPADDING", (0, 0), (-1, -1), 5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
-            ]
-        )
-    )
-    return t
+def _disclaimer(st: dict[str, ParagraphStyle]) -> Panel:
+    text = Paragraph(f"<b>Important.</b> {escape(DISCLAIMER)}", st["disclaimer"])
+    return Panel([(text, 0)], CONTENT_W, Box(left=8, right=8, top=5, bottom=6, stroke=INK,
+                                             stroke_width=0.8))
 
 
 def _footer(canvas, doc) -> None:  # noqa: ANN001 (reportlab callback signature)
@@ -527,21 +434,7 @@ def build_story(c: ReportContent) -> list:
     st = _styles()
     img_col = 70 * mm
     left_w = CONTENT_W - img_col - 6 * mm
-    top = Table(
-        [[_patient_block(c, st, left_w), _thumbnail(c, st, img_col - 8)]],
-        colWidths=[left_w + 6 * mm, img_col],
-    )
-    top.setStyle(
-        TableStyle(
-            [
-                ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 0),
-                ("TOPPADDING", (0, 0), (-1, -1), 0),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 0),
-            ]
-        )
-    )
+    top = Columns(_patient_block(c, st, left_w), _thumbnail(c, st, img_col), left_w + 6 * mm, img_col)
     story: list = []
     story += _header(c, st)
     story += [Paragraph("Patient and study", st["h"]), top, Spacer(1, 8)]
@@ -561,7 +454,10 @@ def build_pdf(c: ReportContent) -> bytes:
     is laid out again, shrunk to fit by a ``KeepInFrame``.
     """
     register_fonts()
-    data, pages = _render(c, shrink=False)
+    try:
+        data, pages = _render(c, shrink=False)
+    except LayoutError:  # one block taller than the page
+        pages = 2
     if pages > 1:
         data, _ = _render(c, shrink=True)
     return data

@@ -16,7 +16,6 @@ volume in production) and is seeded from the models shipped in this repository's
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -26,19 +25,13 @@ from pathlib import Path
 from schemas import ModelMetadata
 from worker.durable import write_atomic
 from worker.errors import ModelNotAvailable
+from worker.store.version_files import METADATA_FILE, MODEL_FILE, file_sha256
 
-MODEL_FILE = "model.keras"
-METADATA_FILE = "model.json"
+__all__ = ["METADATA_FILE", "MODEL_FILE", "CURRENT_FILE", "SHADOW_FILE", "ModelStore",
+           "file_sha256", "shipped_store_root"]
+
 CURRENT_FILE = "CURRENT"
 SHADOW_FILE = "SHADOW"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shipped_store_root() -> Path:

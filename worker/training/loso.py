@@ -42,13 +42,16 @@ import pandas as pd
 
 from schemas import MELANOMA_INDEX, ModelMetadata
 from worker.training.config import TrainConfig
+from worker.training.loso_report import (  # noqa: F401 (re-exported for callers)
+    REQUIRED_SENSITIVITY,
+    expected_specificity_line,
+    loso_markdown,
+)
 
 LOSO_FILE = "loso.json"
 LOSO_TABLE = "loso.md"
 FOLD_FILE = "fold.json"
 HELDOUT_CSV = "heldout.csv"
-#: Melanoma sensitivity every held-out source must keep at the urgent threshold.
-REQUIRED_SENSITIVITY = 0.95
 #: Fewer held-out melanomas than this: the source's needed threshold is marked uncertain.
 MIN_MELANOMA = 30
 #: TrainConfig fields that do not change what is trained (paths, logging, resources).
@@ -122,7 +125,6 @@ def _done_fold(path: Path, cfg: TrainConfig) -> dict | None:
 
 def run_fold(cfg: TrainConfig, df: pd.DataFrame, held_out: str) -> dict:
     """Train on every source but ``held_out``, score it; the fold's result (fold.json)."""
-    from worker.training.evaluation import evaluate_frame
     from worker.training.train import train
 
     fold_dir = cfg.out / f"fold-{held_out}"
@@ -139,9 +141,8 @@ def run_fold(cfg: TrainConfig, df: pd.DataFrame, held_out: str) -> dict:
     meta = train(fold_cfg, manifest=train_rows)
     _say(f"fold {held_out}: scoring {len(held_rows)} held-out images")
     probs = heldout_probabilities(fold_cfg.out, held_rows, cfg.cache_dir)
-    metrics = evaluate_frame(probs, held_rows, meta.thresholds, fold_dir / "heldout",
-                             title=f"LOSO fold: {held_out} held out ({len(held_rows)} images)",
-                             seed=cfg.seed, n_boot=cfg.n_boot)
+    metrics = heldout_metrics(cfg, probs, held_rows, meta, fold_dir / "heldout",
+                              f"LOSO fold: {held_out} held out ({len(held_rows)} images)")
     held_rows[["image_id", "sha256", "melanoma"]].assign(p_melanoma=probs[:, MELANOMA_INDEX]).to_csv(
         fold_dir / HELDOUT_CSV, index=False)
     result = fold_result(cfg, held_out, meta, metrics, len(train_rows), dropped)
@@ -149,6 +150,25 @@ def run_fold(cfg: TrainConfig, df: pd.DataFrame, held_out: str) -> dict:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(fold_dir / FOLD_FILE)  # written last: its presence means the fold is complete
     return result
+
+
+def heldout_metrics(cfg: TrainConfig, probs: np.ndarray, rows: pd.DataFrame, meta: ModelMetadata, out: Path,
+                    title: str) -> dict:
+    """The full evaluation (metrics.json, figures, PDF) of the held-out rows; melanoma numbers
+    alone when none has a nine-class label (ISIC 2017 held out: melanoma / not melanoma only)."""
+    from worker.training.evaluation import METRICS_FILE, evaluate_frame
+    from worker.training.metrics import json_ready, melanoma_metrics
+
+    if rows["label"].notna().any():
+        return evaluate_frame(probs, rows, meta.thresholds, out, title=title, seed=cfg.seed, n_boot=cfg.n_boot)
+    y = rows["melanoma"].to_numpy().astype(int)
+    metrics = json_ready({"title": title, "n": len(rows), "n_nine_class": 0, "n_melanoma": int(y.sum()),
+                          "melanoma": melanoma_metrics(probs[:, MELANOMA_INDEX], y, meta.thresholds,
+                                                       seed=cfg.seed, n_boot=cfg.n_boot),
+                          "balanced_accuracy": None})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, allow_nan=False))
+    return metrics
 
 
 def fold_result(cfg: TrainConfig, held_out: str, meta: ModelMetadata, metrics: dict, n_train: int,
@@ -281,69 +301,6 @@ def run_loso(cfg: TrainConfig, manifest: pd.DataFrame | None = None,
     (cfg.out / LOSO_TABLE).write_text(loso_markdown(loso))
     _say(f"done: {cfg.out / LOSO_FILE}")
     return loso
-
-
-# --------------------------------------------------------------------------- the table
-
-def _f(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _ci(d: dict | None) -> str:
-    if not isinstance(d, dict) or d.get("value") is None:
-        return "n/a"
-    if d.get("ci_low") is None:
-        return _f(d["value"])
-    return f"{_f(d['value'])} ({_f(d['ci_low'])}-{_f(d['ci_high'])})"
-
-
-def expected_specificity_line(loso: dict) -> str:
-    """The model card's one sentence on what a new site should expect."""
-    rules = loso.get("rules") or {}
-    exp = rules.get("expected_at_new_site") or {}
-    if not rules.get("defined") or exp.get("specificity") is None:
-        return "expected specificity at a new site: unknown (no held-out source had melanomas)"
-    lo, hi = exp["specificity_range"]
-    return (f"expected specificity at a new site: {exp['specificity']:.2f} (worst held-out source, "
-            f"{exp['worst_source']}; {lo:.2f}-{hi:.2f} across the {len(loso['folds'])} held-out sources) at "
-            f"melanoma sensitivity >= {rules['target_sensitivity']:.2f} on every held-out source, with the "
-            f"worst-source threshold rule")
-
-
-def loso_markdown(loso: dict, sentence: bool = True) -> str:
-    """loso.md: one row per held-out source, the worst-source rules, the expected specificity
-    (``sentence`` False: without it, for a page that states it already)."""
-    rules = loso.get("rules") or {}
-    per = rules.get("per_source") or {}
-    t = loso.get("required_sensitivity", REQUIRED_SENSITIVITY)
-    lines = [
-        "| held-out source | images | melanomas | melanoma AUC (95% CI) | urgent threshold (validation) | "
-        f"sensitivity at it | specificity at it | threshold for sensitivity >= {t} | "
-        "sensitivity / specificity, worst-source rule | same, rule fitted without this source |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s, f in loso["folds"].items():
-        d = per.get(s) or {}
-        sh, loo = d.get("shift") or {}, d.get("shift_without_this_source") or {}
-        lines.append(
-            f"| {s} | {f['n']} | {f['n_melanoma']}{' (few)' if d.get('uncertain') else ''} | "
-            f"{_ci(f['melanoma_auc'])} | {f['threshold']:.4f} | {_ci(f['sensitivity'])} | {_ci(f['specificity'])} | "
-            f"{_f(d.get('needed_threshold'), 4)} | {_f(sh.get('sensitivity'))} / {_f(sh.get('specificity'))} "
-            f"(t {_f(sh.get('threshold'), 4)}) | {_f(loo.get('sensitivity'))} / {_f(loo.get('specificity'))} |")
-    if rules.get("defined"):
-        ab, sh = rules["absolute"], rules["shift"]
-        spec_abs = ", ".join(f"{s} {_f(d['absolute']['specificity'])}" for s, d in per.items())
-        lines += [
-            "",
-            f"- worst-source rule: every fold's validation threshold moved by {sh['logit_shift']:+.3f} on the "
-            f"logit scale (set by {sh['worst_source']}); `models apply-loso` applies it to a version.",
-            f"- one absolute threshold that holds on every held-out source: {ab['threshold']:.4f} (set by "
-            f"{ab['worst_source']}); specificity there: {spec_abs}.",
-        ]
-    if sentence:
-        lines += ["", f"**{expected_specificity_line(loso)}**"]
-    lines.append("")
-    return "\n".join(lines)
 
 
 def load_loso(path: Path) -> dict:

@@ -96,7 +96,7 @@ def loso_lines(loso: dict, meta: ModelMetadata | None = None) -> list[str]:
     """The leave-one-source-out section (``worker.training.loso``): per held-out source, AUC and
     the urgent operating point of a model that never saw that source, and what a new site
     should expect."""
-    from worker.training.loso import expected_specificity_line, loso_markdown
+    from worker.training.loso_report import expected_specificity_line, loso_markdown
 
     applied = (meta.metrics.get("loso_threshold") if meta is not None else None) or {}
     lines = [

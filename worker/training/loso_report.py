@@ -1,0 +1,70 @@
+"""How a leave-one-source-out result reads (``loso.md``, the model card, ``evaluate``).
+
+Kept apart from ``worker.training.loso`` so that the model card can print the table without
+importing the trainer (which imports the model card)."""
+
+from __future__ import annotations
+
+#: Melanoma sensitivity every held-out source must keep at the urgent threshold.
+REQUIRED_SENSITIVITY = 0.95
+
+
+def _f(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(d: dict | None) -> str:
+    if not isinstance(d, dict) or d.get("value") is None:
+        return "n/a"
+    if d.get("ci_low") is None:
+        return _f(d["value"])
+    return f"{_f(d['value'])} ({_f(d['ci_low'])}-{_f(d['ci_high'])})"
+
+
+def expected_specificity_line(loso: dict) -> str:
+    """The model card's one sentence on what a new site should expect."""
+    rules = loso.get("rules") or {}
+    exp = rules.get("expected_at_new_site") or {}
+    if not rules.get("defined") or exp.get("specificity") is None:
+        return "expected specificity at a new site: unknown (no held-out source had melanomas)"
+    lo, hi = exp["specificity_range"]
+    return (f"expected specificity at a new site: {exp['specificity']:.2f} (worst held-out source, "
+            f"{exp['worst_source']}; {lo:.2f}-{hi:.2f} across the {len(loso['folds'])} held-out sources) at "
+            f"melanoma sensitivity >= {rules['target_sensitivity']:.2f} on every held-out source, with the "
+            f"worst-source threshold rule")
+
+
+def loso_markdown(loso: dict, sentence: bool = True) -> str:
+    """loso.md: one row per held-out source, the worst-source rules, the expected specificity
+    (``sentence`` False: without it, for a page that states it already)."""
+    rules = loso.get("rules") or {}
+    per = rules.get("per_source") or {}
+    t = loso.get("required_sensitivity", REQUIRED_SENSITIVITY)
+    lines = [
+        "| held-out source | images | melanomas | melanoma AUC (95% CI) | urgent threshold (validation) | "
+        f"sensitivity at it | specificity at it | threshold for sensitivity >= {t} | "
+        "sensitivity / specificity, worst-source rule | same, rule fitted without this source |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s, f in loso["folds"].items():
+        d = per.get(s) or {}
+        sh, loo = d.get("shift") or {}, d.get("shift_without_this_source") or {}
+        lines.append(
+            f"| {s} | {f['n']} | {f['n_melanoma']}{' (few)' if d.get('uncertain') else ''} | "
+            f"{_ci(f['melanoma_auc'])} | {f['threshold']:.4f} | {_ci(f['sensitivity'])} | {_ci(f['specificity'])} | "
+            f"{_f(d.get('needed_threshold'), 4)} | {_f(sh.get('sensitivity'))} / {_f(sh.get('specificity'))} "
+            f"(t {_f(sh.get('threshold'), 4)}) | {_f(loo.get('sensitivity'))} / {_f(loo.get('specificity'))} |")
+    if rules.get("defined"):
+        ab, sh = rules["absolute"], rules["shift"]
+        spec_abs = ", ".join(f"{s} {_f(d['absolute']['specificity'])}" for s, d in per.items())
+        lines += [
+            "",
+            f"- worst-source rule: every fold's validation threshold moved by {sh['logit_shift']:+.3f} on the "
+            f"logit scale (set by {sh['worst_source']}); `models apply-loso` applies it to a version.",
+            f"- one absolute threshold that holds on every held-out source: {ab['threshold']:.4f} (set by "
+            f"{ab['worst_source']}); specificity there: {spec_abs}.",
+        ]
+    if sentence:
+        lines += ["", f"**{expected_specificity_line(loso)}**"]
+    lines.append("")
+    return "\n".join(lines)
