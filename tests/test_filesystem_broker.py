@@ -7,6 +7,7 @@ binders concurrently, as ``run`` starts its workers and beat, from fresh broker 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def test_every_binding_survives_concurrent_starts(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b'[["triage", "", "triage"]]]]', b"\x00\x00garbage",
                                      b'{"not": "a table"}'])
-def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, content, caplog):
+def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, content, caplog, monkeypatch):
+    # Libraries configured earlier in the session (logging.config) may have disabled our logger.
+    monkeypatch.setattr(logging.getLogger("worker.filesystem_broker"), "disabled", False)
     broker = tmp_path / "broker"
     (broker / "queue").mkdir(parents=True)
     control = broker / "control"

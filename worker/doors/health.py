@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db.models import Job
 from worker.settings import Settings
+from worker.store.version_files import SERVING_MODEL_FILE
 from worker.store.versions import ModelStore
 
 
@@ -39,8 +40,8 @@ def _model(settings: Settings) -> dict:
         version = store.current_version()
         if version is None:
             return {"ok": False, "detail": "no current model version"}
-        if not store.model_path(version).is_file():
-            return {"ok": False, "version": version, "detail": "model file missing"}
+        if not (store.version_dir(version) / SERVING_MODEL_FILE).is_file():
+            return {"ok": False, "version": version, "detail": "served model file (model.tflite) missing"}
         return {"ok": True, "version": version}
     except Exception as exc:
         return {"ok": False, "detail": f"model store unreadable ({type(exc).__name__})"}

@@ -188,15 +188,7 @@ class Intake:
         """Mark queued, then send; if the broker is down the reconciler sends it later."""
         with self.sessions.begin() as s:
             jobs.mark_queued(s, job_id)
-        try:
-            self.send(job_id)
-        except Exception as exc:  # broker unreachable: the jobs table keeps the job
-            log.warning("job %s: broker refused the message (%s); the reconciler will retry",
-                        job_id, type(exc).__name__)
-            with self.sessions.begin() as s:
-                jobs.unmark_queued(s, job_id)
-            return False
-        return True
+        return self._send_queued(job_id)
 
 
 def open_intake(settings: Settings, send: Callable[[str], None]) -> Intake:
