@@ -1,8 +1,10 @@
 """One job, start to finish: decode, check, classify, report, persist. No Celery here.
 
 No side effect before the database accepts the job's row: the PDF is rendered to a hidden
-pending file, the row is committed, and only then is the PDF renamed into place (the
-pending file is deleted if the commit fails). Outbound results are sent after ``done``.
+pending file, the result rows are flushed (lengths and constraints checked) while this
+attempt holds the job's row, the PDF is renamed into place, and the transaction commits
+(the pending file is deleted if the database refuses). Outbound results are sent after
+``done``.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def pending_report_path(report_path: Path) -> Path:
 
 
 def place_report(pending: Path, report_path: Path) -> None:
-    """Rename the rendered report into place, after its row was committed (durably)."""
+    """Rename the rendered report into place once the database accepted its rows (durably)."""
     os.replace(pending, report_path)
     fsync_dir(report_path.parent)
 
