@@ -23,7 +23,7 @@ from worker.queues import (
 )
 from worker.results.delivery import backoff_s
 from worker.results.fhir import fhir_outbox
-from worker.results.redelivery import LOOKBACK, delivery_time_limit_s, jobs_to_redeliver, redeliver
+from worker.results.redelivery import WINDOW_PERIODS, delivery_time_limit_s, jobs_to_redeliver, redeliver
 
 
 def test_time_limit_covers_every_retry_of_every_destination(settings):
@@ -69,7 +69,10 @@ def test_sweep_finds_lost_deliver_messages_once_they_are_overdue(migrated_settin
     with sessions() as s:
         assert jobs_to_redeliver(s, settings, FINISHED + timedelta(seconds=30)) == []  # in flight
         assert jobs_to_redeliver(s, settings, FINISHED + limit + timedelta(seconds=1)) == [job_id]
-        assert jobs_to_redeliver(s, settings, FINISHED + LOOKBACK + timedelta(seconds=1)) == []
+        # Only a few sweeps see it: a backlog does not multiply the messages every period.
+        window = timedelta(seconds=WINDOW_PERIODS * settings.reconcile_interval_s)
+        assert jobs_to_redeliver(s, settings, FINISHED + limit + window - timedelta(seconds=1)) == [job_id]
+        assert jobs_to_redeliver(s, settings, FINISHED + limit + window + timedelta(seconds=1)) == []
     # deliver_results ran (it writes the outbox first, also with no destination configured).
     outbox = fhir_outbox(settings)
     outbox.mkdir(parents=True, exist_ok=True)

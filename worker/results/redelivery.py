@@ -7,12 +7,16 @@ period; it sends a ``deliver`` message again for
 * a job with a ``pending`` delivery untouched for longer than a deliver task may run
   (:func:`delivery_time_limit_s`): the task that owned it is dead, so sending again cannot
   race it;
-* a job finished within the last day, no earlier than that same limit ago, that has no
-  delivery rows and no FHIR outbox file: ``deliver_results`` never ran for it (it writes
-  the outbox first, also when no destination is configured).
+* a job finished that same limit ago that has no delivery rows and no FHIR outbox file:
+  ``deliver_results`` never ran for it (it writes the outbox first, also when no
+  destination is configured).
 
-Each job is sent at most once per run, and ``deliver_results`` is idempotent. No Celery
-here: the caller hands in ``send``.
+Both look only at a window of ``WINDOW_PERIODS`` sweep periods that ends that limit ago,
+so a job is re-sent by a few sweeps at most, never by every sweep: with the deliver worker
+down during a large backfill, a sweep sending every done job each period put 820,000
+messages into Redis in 15 minutes (soak run). A job whose window passed while beat was
+down is sent with ``melanoma-triage deliveries resend``. ``deliver_results`` is
+idempotent. No Celery here: the caller hands in ``send``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: How far back a job without any delivery is looked for (bounds the sweep's work).
-LOOKBACK = timedelta(days=1)
+#: Sweep periods a job stays eligible: more than one, so a late beat tick misses nothing.
+WINDOW_PERIODS = 3
 #: Worst case of one attempt, in delivery timeouts: connect, associate, then a DIMSE
 #: response for each object (PDF, SR, image).
 TIMEOUTS_PER_ATTEMPT = 5
@@ -58,12 +62,14 @@ def delivery_time_limit_s(settings: Settings) -> int:
 def jobs_to_redeliver(session: Session, settings: Settings, now: datetime) -> list[str]:
     """Job ids whose deliver message is lost (see the module docstring)."""
     stale = now - timedelta(seconds=delivery_time_limit_s(settings))
+    since = stale - timedelta(seconds=WINDOW_PERIODS * settings.reconcile_interval_s)
     stuck = session.execute(
         select(Delivery.job_id).where(Delivery.state == DeliveryState.PENDING.value,
-                                      Delivery.updated_at < stale).distinct()
+                                      Delivery.updated_at >= since, Delivery.updated_at < stale)
+        .distinct()
     ).scalars()
     never = session.execute(
-        select(Job.id).where(Job.state == JobState.DONE.value, Job.finished_at >= now - LOOKBACK,
+        select(Job.id).where(Job.state == JobState.DONE.value, Job.finished_at >= since,
                              Job.finished_at < stale, ~exists().where(Delivery.job_id == Job.id))
     ).scalars()
     outbox = fhir_outbox(settings)
