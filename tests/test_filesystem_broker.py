@@ -88,8 +88,12 @@ def test_every_binding_survives_concurrent_starts(tmp_path):
 @pytest.mark.parametrize("content", [b"", b'[["triage", "", "triage"]]]]', b"\x00\x00garbage",
                                      b'{"not": "a table"}'])
 def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, content, caplog, monkeypatch):
-    # Libraries configured earlier in the session (logging.config) may have disabled our logger.
-    monkeypatch.setattr(logging.getLogger("worker.filesystem_broker"), "disabled", False)
+    # Libraries configured earlier in the session (logging.config, Celery) may have disabled
+    # our logger, raised its level or stopped its propagation: listen on the logger itself.
+    logger = logging.getLogger("worker.filesystem_broker")
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     broker = tmp_path / "broker"
     (broker / "queue").mkdir(parents=True)
     control = broker / "control"
