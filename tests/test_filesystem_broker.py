@@ -94,6 +94,7 @@ def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, conten
     monkeypatch.setattr(logger, "disabled", False)
     monkeypatch.setattr(logger, "level", logging.WARNING)
     monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)  # logging.disable()
     broker = tmp_path / "broker"
     (broker / "queue").mkdir(parents=True)
     control = broker / "control"
