@@ -87,14 +87,17 @@ def test_every_binding_survives_concurrent_starts(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b'[["triage", "", "triage"]]]]', b"\x00\x00garbage",
                                      b'{"not": "a table"}'])
-def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, content, caplog, monkeypatch):
+def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, content, caplog, monkeypatch,
+                                                                 request):
     # Libraries configured earlier in the session (logging.config, Celery) may have disabled
     # our logger, raised its level or stopped its propagation: listen on the logger itself.
     logger = logging.getLogger("worker.filesystem_broker")
     monkeypatch.setattr(logger, "disabled", False)
-    monkeypatch.setattr(logger, "level", logging.WARNING)
     monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
-    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)  # logging.disable()
+    previous_disable, previous_level = logging.root.manager.disable, logger.level
+    logging.disable(logging.NOTSET)  # these two calls also clear the loggers' level caches
+    logger.setLevel(logging.WARNING)
+    request.addfinalizer(lambda: (logger.setLevel(previous_level), logging.disable(previous_disable)))
     broker = tmp_path / "broker"
     (broker / "queue").mkdir(parents=True)
     control = broker / "control"
