@@ -17,6 +17,11 @@ Runs the product's quality gate (``worker.imaging.assess_quality``, which calls
 
 Prints, per picture, what was caught and why; then "caught X/Y not-dermoscopy" and "wrongly
 flagged Z/N dermoscopy" (per source), and the check's cost at 224 pixels.
+
+``--model VERSION`` (repeatable; ``--store`` default model_store): also what each model
+alone -- without the check -- would have triaged the not-dermoscopy pictures, to compare the
+models' own out-of-distribution behaviour (a classifier that says "urgent" to a cat needs the
+check more).
 """
 
 from __future__ import annotations
@@ -109,12 +114,26 @@ def dermoscopy_sample(data: Path, n: int, seed: int) -> list[tuple[str, Path]]:
     return _stem_sample(data, seed, per_source, seen)[:n]
 
 
+def model_alone(store_root: Path, version: str, pictures: dict[str, np.ndarray]) -> dict[str, int]:
+    """Triage levels one version gives the pictures with the dermoscopy check left out."""
+    from collections import Counter
+
+    from worker.classify.inference import Classifier
+    from worker.store.versions import ModelStore
+
+    clf = Classifier.from_store(ModelStore(store_root), version)
+    return dict(Counter(clf.predict(rgb).triage.value for rgb in pictures.values()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=1000, help="real dermoscopy images to score")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--model", action="append", default=[], help="also: this version's triage "
+                    "of the not-dermoscopy pictures without the check (repeatable)")
+    ap.add_argument("--store", type=Path, default=ROOT / "model_store")
     args = ap.parse_args()
 
     foreign = {**{f"generated.{k}": v for k, v in generated_set().items()}, **packaged_photos()}
@@ -126,6 +145,7 @@ def main() -> None:
         if usable:
             missed.append(name)
     caught = len(foreign) - len(missed)
+    model_only = {version: model_alone(args.store, version, foreign) for version in args.model}
 
     sample = dermoscopy_sample(args.data, args.n, args.seed)
     print(f"\n== real dermoscopy: {len(sample)} images from {args.data} (seed {args.seed}; the samples seen while tuning excluded)")
@@ -156,6 +176,9 @@ def main() -> None:
           f"packaged photos {caught - gen_caught}/{len(foreign) - len(generated)}"
           f" (missed: {', '.join(missed) or 'none'})")
     print(f"wrongly flagged {n_flagged}/{len(sample)} real dermoscopy images ({n_flagged / max(1, len(sample)):.1%})")
+    for version, levels in model_only.items():
+        print(f"model {version} alone (no check) on the {len(foreign)} not-dermoscopy pictures: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(levels.items())))
     if ms:
         print(f"check_dermoscopy at 180-256 px: median {statistics.median(ms):.2f} ms, "
               f"p95 {ms[int(0.95 * (len(ms) - 1))]:.2f} ms over {len(ms)} images")
@@ -163,7 +186,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "caught": caught, "not_dermoscopy": len(foreign), "missed": missed,
             "flagged": n_flagged, "dermoscopy": len(sample), "flagged_images": flagged,
-            "median_ms": statistics.median(ms) if ms else None}, indent=1))
+            "median_ms": statistics.median(ms) if ms else None, "model_alone": model_only}, indent=1))
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ class ModelMetadata(BaseModel):
     training_command: str | None = None
     data_manifest_sha256: str | None = None
     notes: str | None = None
+    #: The training recipe (``worker.training.config.recipe``): what retraining repeats.
+    recipe: dict | None = None
 
 
 class PredictionResult(BaseModel):

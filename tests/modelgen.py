@@ -12,13 +12,18 @@ TINY_THRESHOLDS = TriageThresholds(urgent_melanoma=0.3, soon_keratinocyte=0.5, m
 
 
 def write_tiny_version(out_dir: Path, version: str = "tiny-1", input_size: int = 32,
-                       seed: int = 0, thresholds: TriageThresholds = TINY_THRESHOLDS) -> Path:
-    """Same contract as a trained model: RGB 0..255 in, nine logits out."""
+                       seed: int = 0, thresholds: TriageThresholds = TINY_THRESHOLDS,
+                       shades_of_gray: bool = False) -> Path:
+    """Same contract as a trained model: RGB 0..255 in, nine logits out (``shades_of_gray``:
+    with the trainer's in-model colour constancy first)."""
     import keras
+
+    from worker.training import network
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = network.shades_of_gray(inputs) if shades_of_gray else inputs
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(CLASS_NAMES))(x)

@@ -88,6 +88,8 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             received_at=_aware(item.received_at),
             reported_at=datetime.now(timezone.utc),
             quality_note=quality_reason,
+            # embedded as it is when it shows the pixels as classified (no second encoding)
+            source_jpeg=data if decoded.source_format == "jpeg" else None,
         ),
         pending,
     )

@@ -32,8 +32,9 @@ def working_copy(rgb: np.ndarray, side: int = WORKING_SIDE) -> np.ndarray:
     if block == 1:
         return rgb.astype(np.float32)
     # Block sums as b strided slices per axis: far cheaper than reshape(...).mean(axis=(1, 3)).
-    x = rgb[:(h // block) * block, :(w // block) * block].astype(np.float32)
-    rows = x[0::block].copy()
+    # The uint8 rows are cast while they are added (no float copy of the whole photo).
+    x = rgb[:(h // block) * block, :(w // block) * block]
+    rows = x[0::block].astype(np.float32)
     for i in range(1, block):
         rows += x[i::block]
     out = rows[:, 0::block].copy()

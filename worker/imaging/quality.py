@@ -1,9 +1,13 @@
 """Cheap checks that a decoded photo can be triaged at all (not that it shows a lesion).
 
-Luma is computed with BT.601 weights on a strided sample of at most ~1 MP, so the check
-costs milliseconds on a 50 MP photo. Dermoscopy photos often have a black circular
-vignette around the field of view (about a quarter of the frame), so darkness is judged
-on the mean and on the bright fraction, never on the share of dark pixels.
+Exposure (BT.601 luma, clipping) is read from a strided sample of at most ~65,000 pixels
+(about 256 x 256), never from every pixel: a systematic sample keeps the photo's brightness
+distribution (no averaging, so noise and clipped highlights count as they are), and the
+whole check costs about a millisecond on a 600 x 450 or a 1,000 x 750 photo (it was 9-13 ms
+at up to 1 MP). The dermoscopy check reads one ~72-pixel working copy, block-averaged from
+the photo. Dermoscopy photos often have a black circular vignette around the field of view
+(about a quarter of the frame), so darkness is judged on the mean and on the bright
+fraction, never on the share of dark pixels.
 
 A well-exposed picture that is not a dermoscopy image at all (a radiograph, a scanned
 letter, a screenshot, a photo of a room) is unusable too: ``worker.imaging.dermoscopy_check``
@@ -31,8 +35,12 @@ CLIPPED_VALUE = 250
 MAX_CLIPPED_FRACTION = 0.40
 #: Mean luma above which the photo is overexposed even without hard clipping.
 MAX_MEAN_LUMA = 240.0
-#: Pixels sampled at most (strided subsampling keeps the check cheap).
-MAX_SAMPLED_PIXELS = 1_000_000
+#: Pixels sampled at most for the exposure statistics (strided subsampling keeps the check
+#: cheap; 65,536 samples put a fraction within about +-0.004 of the whole photo's).
+MAX_SAMPLED_PIXELS = 65_536
+#: Pixels handed at most to the dermoscopy check, which block-averages them to its working
+#: copy (``worker.imaging.colour_statistics.working_copy``): a view, nothing is copied.
+MAX_DERMOSCOPY_PIXELS = 1_000_000
 
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -41,9 +49,7 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
     """(usable, reason if not) for an HxWx3 uint8 RGB photo."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"expected HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
-    h, w = rgb.shape[:2]
-    step = max(1, int(np.ceil(np.sqrt(h * w / MAX_SAMPLED_PIXELS))))
-    sample = rgb[::step, ::step]
+    sample = _strided(rgb, MAX_SAMPLED_PIXELS)
     luma = sample.astype(np.float32) @ _LUMA_WEIGHTS
 
     # Exposure first: a black or white frame is better explained as dark or blown out.
@@ -51,7 +57,10 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
     lit = float((luma >= LIT_LUMA).mean())
     if mean < MIN_MEAN_LUMA and lit < MIN_LIT_FRACTION:
         return False, f"the image is far too dark (mean brightness {mean:.0f} of 255)"
-    clipped = float((sample >= CLIPPED_VALUE).all(axis=2).mean())
+    # Per channel, then combined: ``(sample >= v).all(axis=2)`` reduces along a 3-wide
+    # axis and costs ~25x more.
+    clipped = float(np.count_nonzero((sample[..., 0] >= CLIPPED_VALUE) & (sample[..., 1] >= CLIPPED_VALUE)
+                                     & (sample[..., 2] >= CLIPPED_VALUE)) / luma.size)
     if clipped > MAX_CLIPPED_FRACTION:
         return False, f"the image is overexposed: {clipped:.0%} of pixels are blown out to white"
     if mean > MAX_MEAN_LUMA:
@@ -59,7 +68,14 @@ def assess_quality(rgb: np.ndarray) -> tuple[bool, str | None]:
     std = float(luma.std())
     if std < MIN_LUMA_STD:
         return False, f"the image is nearly uniform (brightness std {std:.1f}): no visible detail"
-    is_dermoscopy, why = check_dermoscopy(sample)
+    is_dermoscopy, why = check_dermoscopy(_strided(rgb, MAX_DERMOSCOPY_PIXELS))
     if not is_dermoscopy:
         return False, f"not a dermoscopy image ({why})"
     return True, None
+
+
+def _strided(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Every n-th row and column (a view) so that at most ``max_pixels`` remain."""
+    h, w = rgb.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    return rgb[::step, ::step]

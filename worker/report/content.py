@@ -34,6 +34,9 @@ class ReportContent:
     received_at: datetime
     reported_at: datetime
     quality_note: str | None = None
+    #: The file ``image_rgb`` was decoded from, when it is a JPEG: embedded as it is (its
+    #: image segments only) when it shows the same pixels (``worker.report.thumbnail``).
+    source_jpeg: bytes | None = None
 
     def __post_init__(self) -> None:
         img = self.image_rgb
@@ -43,6 +46,8 @@ class ReportContent:
             raise ValueError(f"image_rgb must be uint8, got {img.dtype}")
         if img.shape[0] == 0 or img.shape[1] == 0:
             raise ValueError("image_rgb is empty")
+        if self.source_jpeg is not None and not isinstance(self.source_jpeg, bytes):
+            raise ValueError(f"source_jpeg must be bytes or None, got {type(self.source_jpeg).__name__}")
         missing = set(CLASS_NAMES) - set(self.probabilities)
         extra = set(self.probabilities) - set(CLASS_NAMES)
         if missing or extra:

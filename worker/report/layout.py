@@ -22,7 +22,6 @@ import pathlib
 from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
-from PIL import Image as PILImage
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
@@ -49,6 +48,7 @@ from schemas.classes import DISPLAY_NAMES
 from worker.classify.triage import percent
 from worker.report.content import ReportContent
 from worker.report.flowables import Box, Columns, EncodedJpeg, FramedPicture, Panel
+from worker.report.thumbnail import thumbnail_jpeg
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
 NOT_RECORDED = "not recorded"
@@ -272,20 +272,14 @@ def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float
 
 
 def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], column: float) -> Panel:
-    """The image as classified, re-encoded once as a <= 600 px JPEG that the PDF embeds as it is."""
+    """The image as classified: the source JPEG as it is, or one <= 600 px JPEG encoded once
+    (:mod:`worker.report.thumbnail`); the PDF embeds either without decoding it."""
     h, w = c.image_rgb.shape[:2]
-    pil = PILImage.fromarray(c.image_rgb, mode="RGB")
-    if max(h, w) > 600:  # enough for print at this size (~250 dpi across 62 mm)
-        # Pillow's bilinear filter widens with the reduction (antialiased); Lanczos cost 2x
-        # as much for no visible difference at this size.
-        pil.thumbnail((600, 600), PILImage.Resampling.BILINEAR, reducing_gap=None)
-    buf = io.BytesIO()
-    # JPEG is embedded as-is (DCTDecode); a PNG would be re-encoded by reportlab in Python.
-    pil.save(buf, format="JPEG", quality=92, subsampling=0)
+    jpeg, tw, th = thumbnail_jpeg(c.image_rgb, c.source_jpeg)
     frame = column - 2
     box = frame - 6
     scale = min(box / w, box / h)
-    picture = FramedPicture(EncodedJpeg(buf.getvalue(), *pil.size), w * scale, h * scale, frame,
+    picture = FramedPicture(EncodedJpeg(jpeg, tw, th), w * scale, h * scale, frame,
                             fill=colors.HexColor("#fafafa"), stroke=RULE)
     caption = Paragraph(f"Image as classified ({w} \u00d7 {h} px)", st["caption"])
     return Panel([(picture, 2), (caption, 0)], column, Box(left=1, right=1))

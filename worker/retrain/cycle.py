@@ -387,13 +387,20 @@ def _cycle(run: _Run, trainer: Trainer, policy: gates.GatePolicy, progress: Prog
 
 
 def _train_request(run: _Run, rows: pd.DataFrame) -> TrainRequest:
+    """The champion's recipe (model.json ``recipe``: backbone, colour constancy, ...) with
+    ``retrain_train_args`` over it: a challenger is the champion's recipe on more data."""
     settings = run.settings
+    inherited = {}
+    if run.champion:
+        inherited = {k: v for k, v in (run.store.metadata(run.champion).recipe or {}).items()
+                     if k not in ("limit",)}
+    options = {**inherited, **settings.retrain_train_args}
     command = (f"melanoma-triage retrain (run {run.run_id}, {run.trigger}); trainer "
-               f"{settings.retrain_trainer}; options {shlex.quote(json.dumps(settings.retrain_train_args))}")
+               f"{settings.retrain_trainer}; options {shlex.quote(json.dumps(options, sort_keys=True))}")
     return TrainRequest(
         manifest=rows, out=run.challenger_dir, parent_version=run.champion,
         champion_dir=run.store.version_dir(run.champion) if run.champion else None,
-        cache_dir=run.cache_dir, command=command, options=dict(settings.retrain_train_args))
+        cache_dir=run.cache_dir, command=command, options=options)
 
 
 def _promote(run: _Run, verdict: gates.GateDecision, decision: dict) -> RetrainState:

@@ -15,13 +15,16 @@ from pathlib import Path
 import typer
 
 from worker.cli_output import ExitCode, emit_json, fail, progress, stdout_as_log
-from worker.training.config import LR_SCHEDULES, default
+from worker.training.config import AUGMENTATIONS, COLOUR_CONSTANCY, LR_SCHEDULES, default
 from worker.training.network import BACKBONES, DEFAULT_UNFREEZE, DEFAULT_WEIGHTS, IMAGENET, LITE0_WEIGHTS
 
 #: ``--backbone`` choices (``--help`` lists them).
 Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str)
 #: ``--lr-schedule`` choices.
 LrSchedule = Enum("LrSchedule", {name.upper(): name for name in LR_SCHEDULES}, type=str)
+#: ``--colour-constancy`` and ``--augmentation`` choices.
+ColourConstancy = Enum("ColourConstancy", {name.upper(): name for name in COLOUR_CONSTANCY}, type=str)
+Augmentation = Enum("Augmentation", {name.upper(): name for name in AUGMENTATIONS}, type=str)
 
 
 class PredictFormat(str, Enum):
@@ -66,6 +69,12 @@ def train_command(
     lr_fine: float = typer.Option(default("lr_fine"), help="learning rate, fine-tuning phase"),
     lr_schedule: LrSchedule = typer.Option(default("lr_schedule"),
                                            help="fine-tuning: plateau (x0.3 when flat) or cosine"),
+    colour_constancy: ColourConstancy = typer.Option(default("colour_constancy"),
+                                                     help="white balance inside the model (training "
+                                                          "and serving alike)"),
+    augmentation: Augmentation = typer.Option(default("augmentation"),
+                                              help="standard, or camera: also white balance, "
+                                                   "exposure, blur, dermoscope borders"),
     limit: int | None = typer.Option(default("limit"),
                                      help="smoke runs: a random subset of this many images"),
     parent_version: str | None = typer.Option(default("parent_version")),
@@ -92,6 +101,8 @@ def train_command(
         resume=resume, cache_dir=cache_dir, threads=threads, partial_labels=partial_labels,
         unfreeze_from=unfreeze_from, patience=patience, lr_head=lr_head, lr_fine=lr_fine, limit=limit,
         lr_schedule=LrSchedule(lr_schedule).value, parent_version=parent_version, n_boot=n_boot,
+        colour_constancy=ColourConstancy(colour_constancy).value,
+        augmentation=Augmentation(augmentation).value,
         jit_compile=default("jit_compile") if jit else False,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )

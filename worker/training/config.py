@@ -17,6 +17,12 @@ from worker.training import network
 
 #: Fine-tuning learning-rate schedules ``train.fit`` knows.
 LR_SCHEDULES = ("cosine", "plateau")
+#: Colour constancy inside the network (``network.COLOUR_CONSTANCY``): the same in training
+#: and serving because it is part of the model file.
+COLOUR_CONSTANCY = network.COLOUR_CONSTANCY
+#: Training augmentation: ``standard`` (geometry, mild colour) or ``camera`` (also white
+#: balance, exposure curve, blur and circular dermoscope borders).
+AUGMENTATIONS = ("standard", "camera")
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,39 @@ class TrainConfig:
     unfreeze_from: str | None = None  # layer-name prefix; None: network.DEFAULT_UNFREEZE
     lr_schedule: str = "cosine"  # phase 2: "plateau" (x0.3 after 2 flat epochs) or "cosine"
     partial_labels: bool = True
+    colour_constancy: str = "none"  # one of COLOUR_CONSTANCY
+    augmentation: str = "standard"  # one of AUGMENTATIONS
     limit: int | None = None  # smoke runs: a random subset of this many images
     parent_version: str | None = None
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
     verbose: int | None = None
     n_boot: int = 1000
     jit_compile: bool | str = "auto"  # XLA (Keras default); off saves compile time in tests
+
+
+#: TrainConfig fields that do not change what is trained (paths, logging, resources, lineage).
+NOT_RECIPE = frozenset({"data", "out", "cache_dir", "command", "verbose", "resume", "threads",
+                        "n_boot", "jit_compile", "parent_version"})
+
+
+def recipe(cfg: TrainConfig) -> dict:
+    """What a model is trained with: the TrainConfig fields that change the model (JSON-ready).
+
+    Stored in model.json (``recipe``) and in every LOSO fold, so that retraining repeats the
+    champion's recipe and a LOSO run is applied only to a version of its own recipe."""
+    out = {}
+    for f in fields(cfg):
+        if f.name not in NOT_RECIPE:
+            value = getattr(cfg, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def same_recipe(stored: dict, current: dict) -> bool:
+    """``stored`` (an older record, which may lack fields added since: they had their
+    defaults then) describes the same recipe as ``current``."""
+    plain = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return all(stored.get(k, plain.get(k)) == v for k, v in current.items())
 
 
 def default(name: str) -> Any:

@@ -96,8 +96,43 @@ def sample_weights(masks: np.ndarray, power: float = 0.5) -> np.ndarray:
     return w / w.mean()
 
 
-def augment(image, seed_size: int):
-    """Random geometry and colour for one uint8 image tensor -> float32 0..255."""
+def camera_variation(x, size: int):
+    """What another dermoscope, lamp or clinic does to an image in 0..1 (float32, HxWx3).
+
+    White balance (a gain per channel), an exposure curve (gamma), sometimes defocus (a
+    Gaussian blur) and sometimes the dark circular border of a contact dermoscope, with a
+    random radius and centre. Applied after the mild colour jitter of :func:`augment`.
+    """
+    import tensorflow as tf
+
+    x = x * tf.random.uniform([1, 1, 3], 0.8, 1.2)
+    x = tf.pow(tf.clip_by_value(x, 1e-4, 1.0), tf.random.uniform([], 0.75, 1.35))
+
+    def blur(img):
+        sigma = tf.random.uniform([], 0.6, 1.6)
+        k = tf.exp(-0.5 * tf.square(tf.range(-3.0, 4.0) / sigma))
+        k = k / tf.reduce_sum(k)
+        kernel = tf.tile((k[:, None] * k[None, :])[:, :, None, None], [1, 1, 3, 1])
+        return tf.nn.depthwise_conv2d(img[None], kernel, [1, 1, 1, 1], "SAME")[0]
+
+    x = tf.cond(tf.random.uniform([]) < 0.25, lambda: blur(x), lambda: x)
+
+    def border(img):
+        yy, xx = tf.meshgrid(tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32),
+                             indexing="ij")
+        cy = size / 2.0 + tf.random.uniform([], -0.08, 0.08) * size
+        cx = size / 2.0 + tf.random.uniform([], -0.08, 0.08) * size
+        radius = tf.random.uniform([], 0.5, 0.75) * size
+        dist = tf.sqrt(tf.square(yy - cy) + tf.square(xx - cx))
+        inside = tf.clip_by_value((radius - dist) / (0.03 * size) + 0.5, 0.0, 1.0)[:, :, None]
+        return img * inside + tf.random.uniform([], 0.0, 0.12) * (1.0 - inside)
+
+    return tf.cond(tf.random.uniform([]) < 0.3, lambda: border(x), lambda: x)
+
+
+def augment(image, seed_size: int, camera: bool = False):
+    """Random geometry and colour for one uint8 image tensor -> float32 0..255; ``camera``:
+    also :func:`camera_variation`."""
     import tensorflow as tf
 
     size = seed_size
@@ -122,13 +157,20 @@ def augment(image, seed_size: int):
     x = tf.image.random_contrast(x, 0.8, 1.2)
     x = tf.image.random_saturation(x, 0.8, 1.2)
     x = tf.image.random_hue(x, 0.03)
+    if camera:
+        x = camera_variation(tf.clip_by_value(x, 0.0, 1.0), size)
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
 def make_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray | None,
-                 batch_size: int, training: bool, seed: int = 0):
-    """Batched (image float32 0..255, mask[, weight]) pipeline with prefetch."""
+                 batch_size: int, training: bool, seed: int = 0, augmentation: str = "standard"):
+    """Batched (image float32 0..255, mask[, weight]) pipeline with prefetch; ``augmentation``
+    (training only): ``standard`` or ``camera`` (:func:`camera_variation` too)."""
     import tensorflow as tf
+
+    if augmentation not in ("standard", "camera"):
+        raise ValueError(f"augmentation must be standard or camera, not {augmentation!r}")
+    camera = augmentation == "camera"
 
     size = images.shape[1]
     tensors = (images, masks) if weights is None else (images, masks, weights)
@@ -137,7 +179,7 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray | No
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
 
         def aug(img, *rest):
-            return (augment(img, size), *rest)
+            return (augment(img, size, camera), *rest)
 
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     else:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from schemas import MELANOMA_INDEX, ModelMetadata
-from worker.training.config import TrainConfig
+from worker.training.config import TrainConfig, recipe, same_recipe
 from worker.training.loso_report import (  # noqa: F401 (re-exported for callers)
     REQUIRED_SENSITIVITY,
     expected_specificity_line,
@@ -54,24 +54,11 @@ FOLD_FILE = "fold.json"
 HELDOUT_CSV = "heldout.csv"
 #: Fewer held-out melanomas than this: the source's needed threshold is marked uncertain.
 MIN_MELANOMA = 30
-#: TrainConfig fields that do not change what is trained (paths, logging, resources).
-_NOT_RECIPE = frozenset({"data", "out", "cache_dir", "command", "verbose", "resume", "threads",
-                         "n_boot", "jit_compile", "parent_version"})
 _EPS = 1e-6
 
 
 def _say(msg: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] loso: {msg}", flush=True)
-
-
-def recipe(cfg: TrainConfig) -> dict:
-    """What a fold is trained with: the TrainConfig fields that change the model."""
-    out = {}
-    for f in fields(cfg):
-        if f.name not in _NOT_RECIPE:
-            value = getattr(cfg, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
-    return out
 
 
 def resolved_rows(cfg: TrainConfig, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -117,7 +104,7 @@ def _done_fold(path: Path, cfg: TrainConfig) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result.get("recipe") != recipe(cfg):
+    if not same_recipe(result.get("recipe") or {}, recipe(cfg)):
         raise ValueError(f"{path} was made with another recipe ({result.get('recipe')}); "
                          "use a new output folder for this one")
     return result

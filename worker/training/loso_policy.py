@@ -30,11 +30,20 @@ class LosoPolicyError(ValueError):
     """The LOSO result cannot set this version's threshold (no rule, another recipe)."""
 
 
+#: Recipe fields whose difference makes a LOSO threshold shift not transfer.
+_MODEL_SHAPING = ("backbone", "input_size", "colour_constancy", "augmentation", "partial_labels")
+
+
 def recipe_differences(loso: dict, base: ModelMetadata) -> list[str]:
-    """Where the LOSO recipe visibly differs from the version's (input size, backbone)."""
+    """Where the LOSO recipe differs from the version's: every model-shaping field when the
+    version records its recipe, else what its notes show (input size, backbone)."""
+    from worker.training.config import default
     from worker.training.network import BACKBONE_TITLES
 
     rec = loso.get("recipe") or {}
+    if base.recipe is not None:
+        return [f"{k} {rec.get(k, default(k))} (LOSO) vs {base.recipe.get(k, default(k))} (version)"
+                for k in _MODEL_SHAPING if rec.get(k, default(k)) != base.recipe.get(k, default(k))]
     out = []
     if rec.get("input_size") not in (None, base.input_size):
         out.append(f"input size {rec['input_size']} (LOSO) vs {base.input_size} (version)")

@@ -5,8 +5,11 @@ Backbones: ``mobilenet`` (MobileNet alpha 0.25, Keras ImageNet ``.h5``) and ``li
 Pixel scaling sits inside the model (a ``Rescaling`` layer with the backbone's own
 normalisation), so the model file alone defines its input: float RGB 0..255 of
 ``(size, size, 3)``. The head outputs **logits**; calibrated probabilities are
-``softmax(logits / T)`` at inference. Only standard Keras layers: a saved model loads with
-plain ``keras.saving.load_model``.
+``softmax(logits / T)`` at inference. Only standard Keras layers and ``keras.ops``: a saved
+model loads with plain ``keras.saving.load_model`` and converts to LiteRT as it is.
+
+Colour constancy (``shades_of_gray``) is the model's first step when a recipe asks for it, so
+training, evaluation, retraining and every serving runtime apply exactly the same correction.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ IMAGENET = "imagenet"
 #: Human-readable backbone names for model.json notes and the model card.
 BACKBONE_TITLES = {"mobilenet": "MobileNet alpha 0.25", "lite0": "EfficientNet-Lite0"}
 BASE_NAME = "backbone"
+#: ``colour_constancy`` choices; ``shades_of_gray`` uses the Minkowski norm of this order
+#: (Finlayson & Trezzi 2004; p = 6 as in the ISIC 2018/2019 winning pipelines).
+COLOUR_CONSTANCY = ("none", "shades_of_gray")
+SHADES_OF_GRAY_P = 6.0
 
 
 def resolve_weights(weights: str | Path | None, backbone: str) -> Path | None:
@@ -48,10 +55,28 @@ def configure_threads(threads: int) -> None:
         pass  # already initialised: keep what was set first
 
 
+def shades_of_gray(rgb, p: float = SHADES_OF_GRAY_P):
+    """Shades of Gray white balance of a batch of float RGB 0..255 images (``keras.ops``).
+
+    Each channel is divided by its Minkowski p-norm over the image and multiplied by the mean
+    of the three norms: a colour cast (another camera, another lamp) is removed and the overall
+    brightness kept. Pure per-channel gains cancel exactly.
+    """
+    from keras import ops
+
+    v = ops.maximum(rgb, 1.0) / 255.0
+    norm = ops.power(ops.mean(ops.power(v, p), axis=(1, 2), keepdims=True), 1.0 / p)
+    gray = ops.mean(norm, axis=-1, keepdims=True)
+    return ops.clip(rgb * gray / ops.maximum(norm, 1e-3), 0.0, 255.0)
+
+
 def build_network(input_size: int, weights: str | Path | None, dropout: float = 0.3,
-                  backbone: str = "lite0"):
+                  backbone: str = "lite0", colour_constancy: str = "none"):
     """A Keras model: uint8-range float RGB in, 9 logits out. ``weights`` None: from scratch."""
     import keras
+
+    if colour_constancy not in COLOUR_CONSTANCY:
+        raise ValueError(f"colour_constancy must be one of {COLOUR_CONSTANCY}, not {colour_constancy!r}")
 
     shape = (input_size, input_size, 3)
     if backbone == "mobilenet":
@@ -69,7 +94,8 @@ def build_network(input_size: int, weights: str | Path | None, dropout: float = 
         raise ValueError(f"backbone must be one of {BACKBONES}, not {backbone!r}")
     base.name = BASE_NAME
     inputs = keras.Input(shape, name="rgb")
-    x = keras.layers.Rescaling(scale, offset=offset, name="scale")(inputs)
+    x = shades_of_gray(inputs) if colour_constancy == "shades_of_gray" else inputs
+    x = keras.layers.Rescaling(scale, offset=offset, name="scale")(x)
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)

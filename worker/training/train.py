@@ -29,7 +29,7 @@ from schemas import CLASS_NAMES, ModelMetadata, TriageThresholds
 from worker.classify.inference import predict_logits, softmax_t
 from worker.store.versions import METADATA_FILE, MODEL_FILE, file_sha256
 from worker.training import calibration, datachecks, dataset, manifest, network, split
-from worker.training.config import TrainConfig
+from worker.training.config import TrainConfig, recipe
 from worker.training.evaluation import evaluate_frame
 from worker.training.model_card import write_model_card
 
@@ -167,7 +167,8 @@ def summarize(metrics: dict) -> dict:
 
 def save_clean_model(cfg: TrainConfig, model, path: Path) -> None:
     """An uncompiled copy (no optimizer state, no custom loss): loads with plain Keras."""
-    clean = network.build_network(cfg.input_size, weights=None, backbone=cfg.backbone)
+    clean = network.build_network(cfg.input_size, weights=None, backbone=cfg.backbone,
+                                  colour_constancy=cfg.colour_constancy)
     clean.set_weights(model.get_weights())
     clean.save(path)
 
@@ -201,7 +202,7 @@ class SplitArrays:
         """(training pipeline: shuffled, augmented, weighted; validation pipeline)."""
         weights = dataset.sample_weights(self.masks[self.train])
         train_ds = dataset.make_dataset(self.images[self.train], self.masks[self.train], weights,
-                                        cfg.batch_size, True, cfg.seed)
+                                        cfg.batch_size, True, cfg.seed, augmentation=cfg.augmentation)
         val_ds = dataset.make_dataset(self.images[self.val], self.masks[self.val], None, 64, False)
         return train_ds, val_ds
 
@@ -229,7 +230,8 @@ def train(cfg: TrainConfig, manifest: pd.DataFrame | None = None) -> ModelMetada
     arrays = SplitArrays.from_frame(df, cfg)
 
     start_weights = network.resolve_weights(cfg.weights, cfg.backbone)
-    model = network.build_network(cfg.input_size, start_weights, backbone=cfg.backbone)
+    model = network.build_network(cfg.input_size, start_weights, backbone=cfg.backbone,
+                                  colour_constancy=cfg.colour_constancy)
     fit(cfg, model, *arrays.datasets(cfg))
     train_seconds = time.time() - t0
 
@@ -288,10 +290,11 @@ def write_version(cfg: TrainConfig, model, facts: VersionFacts) -> ModelMetadata
                      k: calib[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
                  "split_counts": facts.split_counts,
                  "train_seconds": round(facts.train_seconds, 1)},
-        training_command=cfg.command, data_manifest_sha256=facts.manifest_sha256,
+        training_command=cfg.command, data_manifest_sha256=facts.manifest_sha256, recipe=recipe(cfg),
         notes=(f"{network.BACKBONE_TITLES[cfg.backbone]} @ {cfg.input_size}px, weights "
                f"{'ImageNet' if facts.imagenet_start else 'none (from scratch)'}, partial-label loss "
-               f"{'on' if cfg.partial_labels else 'off'}, seed {cfg.seed}"),
+               f"{'on' if cfg.partial_labels else 'off'}, colour constancy {cfg.colour_constancy}, "
+               f"augmentation {cfg.augmentation}, seed {cfg.seed}"),
     )
     (cfg.out / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
     return meta

@@ -1,0 +1,116 @@
+"""Colour constancy inside the model, the camera augmentation, and the recipe a model carries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from worker.training import network
+from worker.training.config import TrainConfig, recipe, same_recipe
+
+
+def _lesion_like(size: int = 48, seed: int = 0) -> np.ndarray:
+    """Skin-toned background with a darker blob, values well inside 0..255."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.exp(-((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (2 * (size / 5) ** 2))
+    base = np.array([150.0, 110.0, 95.0])
+    img = base * (1 - 0.6 * blob[..., None]) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 5, 200).astype(np.float32)
+
+
+def test_shades_of_gray_cancels_a_per_channel_camera_cast():
+    img = _lesion_like()
+    cast = img * np.array([1.2, 0.95, 0.8], dtype=np.float32)  # a warmer camera, nothing clipped
+    a = np.asarray(network.shades_of_gray(img[None]))[0]
+    b = np.asarray(network.shades_of_gray(cast[None]))[0]
+    # the cast is gone: what is left is one brightness factor (the mean of the channel gains)
+    assert np.abs(a / a.mean() - b / b.mean()).max() < 1e-3
+    assert np.abs(img / img.mean() - cast / cast.mean()).max() > 0.1  # ... and it was large
+    # the channels now share one grey level; overall brightness is kept
+    norms = [np.mean((a[..., c] / 255.0) ** 6) ** (1 / 6) for c in range(3)]
+    assert max(norms) - min(norms) < 1e-3
+    assert abs(a.mean() - img.mean()) < 0.1 * img.mean()
+
+
+def test_a_colour_constant_model_loads_plainly_and_litert_serves_it_the_same(tmp_path):
+    import keras
+
+    from tests.modelgen import write_tiny_version
+    from worker.classify.export import export_version
+    from worker.classify.runtime_litert import LiteRTModel
+
+    def served(shades_of_gray: bool):
+        vdir = write_tiny_version(tmp_path / f"v-{shades_of_gray}", shades_of_gray=shades_of_gray)
+        export_version(vdir)
+        sha = json.loads((vdir / "model.json").read_text())["sha256"]
+        return vdir, LiteRTModel.from_version_dir(vdir, sha)
+
+    vdir, lite = served(True)
+    model = keras.saving.load_model(vdir / "model.keras", compile=False)  # no custom objects
+    img = _lesion_like(32)[None]
+    assert np.allclose(model.predict(img, verbose=0), lite.logits(img), atol=1e-3)
+    warm = img * np.array([1.15, 1.0, 0.85], dtype=np.float32)
+    _, plain = served(False)  # the same weights without colour constancy
+    moved = np.abs(lite.logits(img) - lite.logits(warm)).max()
+    assert moved < 0.1 * np.abs(plain.logits(img) - plain.logits(warm)).max()
+
+
+def test_camera_augmentation_varies_colour_and_borders_within_range():
+    from worker.training import dataset
+
+    imgs = np.repeat(_lesion_like(48).astype(np.uint8)[None], 16, axis=0)
+    masks = np.ones((16, 9), np.float32)
+    std = next(iter(dataset.make_dataset(imgs, masks, None, 16, True, 1, augmentation="standard")))[0].numpy()
+    cam = next(iter(dataset.make_dataset(imgs, masks, None, 16, True, 1, augmentation="camera")))[0].numpy()
+    for batch in (std, cam):
+        assert batch.shape == (16, 48, 48, 3) and batch.min() >= 0 and batch.max() <= 255
+    # white balance: the red/blue ratio spreads more with camera variation
+    def ratio_spread(b):
+        return np.std(b[..., 0].mean(axis=(1, 2)) / b[..., 2].mean(axis=(1, 2)))
+    assert ratio_spread(cam) > 1.5 * ratio_spread(std)
+    with pytest.raises(ValueError, match="augmentation"):
+        dataset.make_dataset(imgs, masks, None, 16, True, augmentation="heavy")
+
+
+def test_recipe_leaves_out_paths_and_older_records_compare_with_defaults(tmp_path):
+    cfg = TrainConfig(data=(tmp_path,), out=tmp_path / "v", colour_constancy="shades_of_gray")
+    rec = recipe(cfg)
+    assert rec["colour_constancy"] == "shades_of_gray" and "out" not in rec and "data" not in rec
+    json.dumps(rec)  # JSON-ready
+    older = {k: v for k, v in recipe(TrainConfig(data=(), out=tmp_path)).items()
+             if k not in ("colour_constancy", "augmentation")}  # made before these fields existed
+    assert same_recipe(older, recipe(TrainConfig(data=(), out=tmp_path / "x")))
+    assert not same_recipe(older, rec)
+    with pytest.raises(ValueError, match="colour_constancy"):
+        network.build_network(32, None, colour_constancy="retinex")
+
+
+def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from schemas import ModelMetadata
+    from tests.conftest import make_settings
+    from worker.retrain.cycle import _train_request
+    from worker.store.versions import ModelStore
+
+    meta = ModelMetadata.model_validate_json((tiny_model_dir / "model.json").read_text())
+    champion_dir = tmp_path / "champ"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, champion_dir)
+    champ_recipe = recipe(TrainConfig(data=(), out=tmp_path, colour_constancy="shades_of_gray",
+                                      augmentation="camera", epochs=8, limit=50))
+    (champion_dir / "model.json").write_text(meta.model_copy(update={"recipe": champ_recipe}).model_dump_json())
+    store = ModelStore(tmp_path / "store")
+    champion = store.add_version(champion_dir)
+    run = SimpleNamespace(settings=make_settings(tmp_path / "home", retrain_train_args={"epochs": 1}),
+                          champion=champion, store=store, run_id=7, trigger="test",
+                          challenger_dir=tmp_path / "challenger", cache_dir=tmp_path / "cache")
+    req = _train_request(run, rows=None)
+    assert req.options["colour_constancy"] == "shades_of_gray" and req.options["augmentation"] == "camera"
+    assert req.options["epochs"] == 1  # the hospital's override wins
+    assert "limit" not in req.options  # a smoke-run subset is never inherited
+    assert "shades_of_gray" in req.command
