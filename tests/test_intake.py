@@ -51,10 +51,30 @@ def test_admission_archives_records_and_enqueues(intake, sessions, broker, migra
     assert broker.sent == [adm.job_id]
     job = _job(sessions, adm.job_id)
     assert job.state == JobState.QUEUED.value and job.queued_at is not None
+    assert (job.attempts, job.sent_count) == (0, 1)  # column default, and this first send
+    assert job.last_sent_at == job.queued_at and job.created_at and job.updated_at
     with sessions() as s:
         image = s.execute(select(Image)).scalar_one()
         assert Path(image.archive_path).read_bytes() == data
         assert image.caller_metadata == {"patient_id": "P1", "laterality": "R"}
+        assert (image.size_bytes, image.source_door, image.received_at is not None) == (len(data), "api", True)
+        sub = s.execute(select(Submission)).scalar_one()
+        assert (sub.job_id, sub.door, sub.original_name, sub.duplicate) == (adm.job_id, "api", "lesion.jpg", False)
+        assert sub.caller_metadata == image.caller_metadata
+
+
+def test_content_archived_already_is_made_durable_not_written_again(tmp_path, monkeypatch):
+    """Another door may have renamed the same content in a moment ago, before making the
+    rename durable: a second arrival is acknowledged only after its folder is synced."""
+    from worker.intake import archive
+
+    data = jpeg_bytes(lesion_rgb(seed=5))
+    first = archive.store(tmp_path, data)
+    synced: list[Path] = []
+    monkeypatch.setattr(archive, "fsync_dir", synced.append)
+    monkeypatch.setattr(archive, "write_atomic", lambda *a: pytest.fail("written again"))
+    assert archive.store(tmp_path, data) == first
+    assert synced == [first.parent] and first.read_bytes() == data
 
 
 def test_same_content_twice_is_one_job_and_a_recorded_duplicate(intake, sessions, broker):

@@ -79,6 +79,30 @@ def test_blown_out_is_rejected() -> None:
     assert not usable and "blown out" in reason
 
 
+def test_clipped_means_all_three_channels_at_white() -> None:
+    """Saturated in one or two channels (a yellow sticker, red blood) is not blown out."""
+    rgb = lesion_rgb()
+    h = int(rgb.shape[0] * 0.6)
+    for colour in ((255, 255, 0), (255, 0, 0), (0, 255, 255)):
+        saturated = rgb.copy()
+        saturated[:h] = colour
+        usable, reason = assess_quality(saturated)
+        assert "blown out" not in (reason or "")
+    white = rgb.copy()
+    white[:h] = (250, 251, 255)
+    usable, reason = assess_quality(white)
+    assert not usable and "60% of pixels are blown out" in reason
+
+
+def test_exposure_is_read_from_a_strided_sample_of_the_whole_photo() -> None:
+    """A large photo is sampled, not cropped: a blown-out band at its bottom still counts."""
+    rgb = np.tile(lesion_rgb(), (10, 10, 1))  # 2400 x 3200, far more than MAX_SAMPLED_PIXELS
+    assert rgb.shape[0] * rgb.shape[1] > 100 * q.MAX_SAMPLED_PIXELS
+    rgb[int(rgb.shape[0] * 0.55):] = 255
+    usable, reason = assess_quality(rgb)
+    assert not usable and "45% of pixels are blown out" in reason
+
+
 def test_hazy_bright_without_clipping_is_rejected() -> None:
     rng = np.random.default_rng(1)
     img = np.clip(rng.normal(246, 3, (120, 160, 3)), 0, 249).astype(np.uint8)

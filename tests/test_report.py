@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -12,11 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFontFace
 
 from schemas import CLASS_NAMES, MELANOMA, ImageMetadata, TriageLevel, TriageThresholds
 from schemas.classes import DISPLAY_NAMES
-from worker.report import ReportContent, render_report, report_filename
-from worker.report.layout import format_person_name
+from tests.imagegen import jpeg_bytes
+from worker.report import ReportContent, layout, render_report, report_filename
+from worker.report.layout import FONT, FONT_BOLD, format_person_name
+from worker.report.thumbnail import THUMBNAIL_SIDE, embeddable_jpeg, thumbnail_jpeg
 
 
 JOB_ID = "3f2a9c1e-6b7d-4e21-9a0b-5c4d3e2f1a00"
@@ -199,6 +205,29 @@ def test_render_replaces_existing_file_and_is_reproducible(tmp_path: Path) -> No
     assert sorted(os.listdir(tmp_path)) == ["report.pdf"]
 
 
+def test_private_render_writes_its_new_hidden_file_in_place(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's pending file: written and fsynced where it is (it renames it itself)."""
+    out = tmp_path / ".report.pdf.1234.pending"
+    monkeypatch.setattr(os, "replace", lambda *a: pytest.fail("renamed"))
+    digest = render_report(make_content(), out, private=True)
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert digest == render_report(make_content(), tmp_path / ".other.pending", private=True)
+    with pytest.raises(FileExistsError):  # never over another attempt's file
+        render_report(make_content(), out, private=True)
+    assert sorted(os.listdir(tmp_path)) == [".other.pending", ".report.pdf.1234.pending"]
+
+
+def test_failed_private_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(fd):  # noqa: ANN001
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        render_report(make_content(), tmp_path / ".r.pending", private=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_render_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "report.pdf"
 
@@ -209,6 +238,88 @@ def test_failed_render_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(OSError, match="disk full"):
         render_report(make_content(), out)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the embedded picture
+
+
+def _jpeg(rgb: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _decoded(jpeg: bytes) -> np.ndarray:
+    return np.asarray(PILImage.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def _embedded_jpegs(tmp_path: Path, pdf: Path) -> list[bytes]:
+    """The pictures of a PDF as the PDF stores them (pdfimages -j: DCT streams as they are)."""
+    subprocess.run(["pdfimages", "-j", str(pdf), str(tmp_path / "img")], check=True)
+    return [p.read_bytes() for p in sorted(tmp_path.glob("img-*.jpg"))]
+
+
+def test_source_jpeg_is_embedded_as_it_is_without_its_metadata(tmp_path: Path) -> None:
+    rgb = gradient_image(300, 400)
+    exif = PILImage.Exif()
+    exif[0x010E] = "Doe^Jane P00012345 EXIF-SECRET"  # ImageDescription
+    exif[0x0112] = 1  # orientation: as stored
+    source = _jpeg(rgb, exif=exif.tobytes(), comment=b"COMMENT-SECRET", icc_profile=b"ICC-SECRET" * 20)
+    source += b"TRAILING-SECRET"  # bytes after the end of the image
+    pixels = _decoded(source)
+    out = render(tmp_path, make_content(image_rgb=pixels, source_jpeg=source))
+    data = out.read_bytes()
+    for secret in (b"EXIF-SECRET", b"COMMENT-SECRET", b"ICC-SECRET", b"TRAILING-SECRET"):
+        assert secret not in data
+    (embedded,) = _embedded_jpegs(tmp_path, out)
+    assert embedded == embeddable_jpeg(source, 400, 300)
+    assert len(embedded) < len(source) and embedded[-2:] == b"\xff\xd9"
+    assert np.array_equal(_decoded(embedded), pixels)  # the same scans: the same pixels
+
+
+def test_source_jpeg_is_encoded_again_when_it_does_not_show_the_pixels(tmp_path: Path) -> None:
+    rgb = gradient_image(300, 400)
+    turned = jpeg_bytes(rgb, exif_orientation=6)
+    assert embeddable_jpeg(turned, 400, 300) is None  # EXIF turned it: the viewer would not
+    assert embeddable_jpeg(_jpeg(rgb, progressive=True), 400, 300) is None
+    assert embeddable_jpeg(_jpeg(rgb[..., 0]), 400, 300) is not None  # greyscale: DeviceGray
+    assert embeddable_jpeg(_jpeg(rgb), 200, 150) is None  # decoded at another size (draft)
+    assert embeddable_jpeg(b"\xff\xd8\xff\xe0 not a jpeg", 400, 300) is None
+    cmyk = io.BytesIO()
+    PILImage.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG")
+    assert embeddable_jpeg(cmyk.getvalue(), 400, 300) is None
+
+    upright = np.ascontiguousarray(np.rot90(rgb, -1))  # what the decoder made of `turned`
+    out = render(tmp_path, make_content(image_rgb=upright, source_jpeg=turned))
+    (embedded,) = _embedded_jpegs(tmp_path, out)
+    shown = _decoded(embedded)
+    assert shown.shape == upright.shape
+    assert np.abs(shown.astype(int) - upright).mean() < 3  # encoded from the turned pixels
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    ((450, 600), (600, 450)),  # report size: as it is
+    ((750, 1000), (500, 375)),  # 2 x 2 block average
+    ((3000, 4000), (572, 429)),  # 7 x 7 block average (rounded up)
+    ((525, 700), (600, 450)),  # a block average would leave 350 px: resized instead
+])
+def test_large_pictures_are_reduced_to_report_size(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    rgb = gradient_image(*size)
+    jpeg, w, h = thumbnail_jpeg(rgb)
+    assert (w, h) == expected == PILImage.open(io.BytesIO(jpeg)).size
+    assert max(w, h) <= THUMBNAIL_SIDE
+
+
+def test_font_subsets_made_once_are_those_reportlab_makes(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    content = make_content(metadata=ImageMetadata(patient_id="P9", patient_name="Øster^Zoë"))
+    cached = [render_report(content, tmp_path / f"cached{i}.pdf") for i in range(2)]  # miss, hit
+    for name in (FONT, FONT_BOLD):  # reportlab's own face: subset cut and compressed again
+        face = pdfmetrics.getFont(name).face
+        assert isinstance(face, layout._SubsetOnceFace) and face._programs
+        monkeypatch.setattr(face, "__class__", TTFontFace)
+    plain = render_report(content, tmp_path / "plain.pdf")
+    assert cached == [plain, plain]
 
 
 # ---------------------------------------------------------------- validation
@@ -223,6 +334,7 @@ def test_failed_render_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.M
         ({"probabilities": {**probabilities(), "wart": 0.0}}, "unexpected"),
         ({"probabilities": {**probabilities(), MELANOMA: float("nan")}}, "finite"),
         ({"received_at": datetime(2024, 3, 5, 9, 0)}, "timezone-aware"),
+        ({"source_jpeg": "not bytes"}, "source_jpeg"),
     ],
 )
 def test_content_is_validated(overrides: dict, message: str) -> None:

@@ -92,6 +92,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             source_jpeg=data if decoded.source_format == "jpeg" else None,
         ),
         pending,
+        private=True,  # fsynced there; place_report renames it into place durably
     )
     facts = {
         "source_format": decoded.source_format,

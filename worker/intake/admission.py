@@ -29,6 +29,14 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The three inserts of a new image, built once, on the tables themselves: the ORM's
+#: bulk-insert path (``insert(Image).values(...)``) rebuilt and re-keyed each statement per
+#: image and cost ~0.4 ms more per admission than the SQL it sends (issue 10). Column
+#: defaults still apply; the SQL is the same.
+_INSERT_IMAGE = insert(Image.__table__)
+_INSERT_JOB = insert(Job.__table__)
+_INSERT_SUBMISSION = insert(Submission.__table__)
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -150,11 +158,11 @@ class Intake:
             job.update(queued_at=now, last_sent_at=now, sent_count=1)
         try:
             with self.sessions.begin() as s:
-                s.execute(insert(Image).values(
+                s.execute(_INSERT_IMAGE, dict(
                     id=image_id, sha256=sha, archive_path=path, size_bytes=size,
                     source_door=door.value, caller_metadata=caller, received_at=now))
-                s.execute(insert(Job).values(state=state.value, **job))
-                s.execute(insert(Submission).values(
+                s.execute(_INSERT_JOB, dict(state=state.value, **job))
+                s.execute(_INSERT_SUBMISSION, dict(
                     id=new_id(), job_id=job_id, door=door.value, original_name=original_name,
                     caller_metadata=caller, received_at=now))
         except IntegrityError:  # the same content is here already (or arrived concurrently)

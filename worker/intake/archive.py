@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from worker.durable import write_atomic
+from worker.durable import fsync_dir, write_atomic
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -18,10 +18,14 @@ def archive_path(root: Path, sha256: str) -> Path:
 
 
 def store(root: Path, data: bytes, sha256: str | None = None) -> Path:
-    """Write ``data`` once (idempotent); the file appears atomically and is fsynced."""
+    """Write ``data`` once (idempotent); the file appears atomically and is durable when
+    this returns, whoever wrote it."""
     sha256 = sha256 or sha256_bytes(data)
     target = archive_path(root, sha256)
     if target.exists():
+        # Complete (it appeared by rename), but another door may have renamed it in a moment
+        # ago and not yet made the rename durable: this arrival is acknowledged only once it is.
+        fsync_dir(target.parent)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, data)

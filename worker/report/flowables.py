@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from reportlab.lib.colors import Color
 from reportlab.lib.utils import ImageReader
-from reportlab.platypus import Flowable
+from reportlab.platypus import Flowable, Paragraph
 
 
 class EncodedJpeg(ImageReader):
@@ -150,3 +150,23 @@ class FramedPicture(Flowable):
         c.restoreState()
         c.drawImage(self.image, (self.width - self.draw_width) / 2, (self.height - self.draw_height) / 2,
                     self.draw_width, self.draw_height, mask=None)
+
+
+class FixedParagraph(Paragraph):
+    """A paragraph whose text and style never change (title, headings, the disclaimer):
+    parsed once per process and broken into lines once per width. Layout keeps one template
+    per text and draws a shallow copy of it in each report (a flowable holds the canvas it
+    is drawn on)."""
+
+    def __init__(self, text: str, style) -> None:  # noqa: ANN001 - a ParagraphStyle
+        super().__init__(text, style)
+        self._broken: dict[float, tuple] = {}  # shared by the copies: same text, same lines
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        done = self._broken.get(available_width)
+        if done is None:
+            super().wrap(available_width, available_height)
+            done = (self.width, self.height, self._wrapWidths, self.blPara)
+            self._broken[available_width] = done
+        self.width, self.height, self._wrapWidths, self.blPara = done
+        return self.width, self.height

@@ -9,16 +9,25 @@ Cost per report (issue 10, ``benchmarks/bench_pipeline.py``): reportlab's C acce
 (``rl_accel``, the ``reportlab[accel]`` extra), no ASCII85 armour on the streams
 (``rl_config.useA85 = 0``: binary PDF streams are standard), styles built once per
 process, the patient fields as plain table strings (24 Paragraphs cost more than the rest
-of the page), and the thumbnail embedded as the JPEG it was encoded to, not decoded again
-by reportlab to hash its pixels. Boxes, columns and the bar chart are drawn by
-:mod:`worker.report.flowables` and :class:`ProbabilityChart`, not by nested tables.
+of the page), and the thumbnail embedded as a JPEG, not decoded again by reportlab to hash
+its pixels: the source file itself when it is a plain JPEG of report size, else encoded
+once (:mod:`worker.report.thumbnail`). Boxes, columns and the bar chart are drawn by
+:mod:`worker.report.flowables` and :class:`ProbabilityChart`, not by nested tables. Once per
+process, not per report: the text that every report prints (title, headings, disclaimer)
+is parsed and broken into lines (:class:`FixedParagraph`), and each distinct font subset
+is cut from the TrueType font and compressed (:class:`_SubsetOnceFace`). Measured on this
+2-core machine, 50 reports: 8.4 -> 4.7 ms for a 600 x 450 JPEG, 12.4 -> 6.6 ms for the
+1,000 x 750 pixels of a 4,000 x 3,000 JPEG. The two caches leave a report's bytes as they
+were (a test compares them with plain reportlab's).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import pathlib
+import zlib
 from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
@@ -29,7 +38,8 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfbase import pdfdoc
+from reportlab.pdfbase.ttfonts import FF_NONSYMBOLIC, FF_SYMBOLIC, TTFont, TTFontFace
 from reportlab.platypus import (
     Flowable,
     LayoutError,
@@ -47,7 +57,7 @@ from schemas import CLASS_NAMES, MELANOMA, SOON_CLASSES, Laterality, TriageLevel
 from schemas.classes import DISPLAY_NAMES
 from worker.classify.triage import percent
 from worker.report.content import ReportContent
-from worker.report.flowables import Box, Columns, EncodedJpeg, FramedPicture, Panel
+from worker.report.flowables import Box, Columns, EncodedJpeg, FixedParagraph, FramedPicture, Panel
 from worker.report.thumbnail import thumbnail_jpeg
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
@@ -95,6 +105,58 @@ MAX_FIELD_CHARS = 200
 MAX_SENTENCE_CHARS = 800
 
 
+#: Distinct font subsets kept per face (a report's subset is all of ASCII plus the few other
+#: characters it prints, in the order first printed: nearly every report has the same one).
+MAX_CACHED_SUBSETS = 16
+
+
+class _SubsetOnceFace(TTFontFace):
+    """reportlab's TrueType face, but each distinct subset's font program is cut from the
+    font and compressed once per process, not once per report (~1.5 ms of a ~8 ms report).
+    The objects written are those of ``TTFontFace.addSubsetObjects``, byte for byte."""
+
+    _programs: dict[tuple[int, ...], tuple[int, bytes, bytes]]
+
+    def addSubsetObjects(self, doc, fontname, subset):  # noqa: ANN001, N802 - reportlab's API
+        key = tuple(subset)
+        program = self._programs.get(key)
+        if program is None:
+            raw = self.makeSubset(subset)
+            program = (len(raw), raw, zlib.compress(raw))  # what pdfdoc.PDFZCompress writes
+            if len(self._programs) < MAX_CACHED_SUBSETS:
+                self._programs[key] = program
+        raw_length, raw, packed = program
+        font_file = pdfdoc.PDFStream()
+        font_file.dictionary["Length1"] = raw_length
+        if doc.compression:
+            font_file.content = packed
+            font_file.dictionary["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName("FlateDecode")])
+        else:
+            font_file.content = raw
+        font_file_ref = doc.Reference(font_file, f"fontFile:{self.filename}({fontname})")
+        descriptor = pdfdoc.PDFDictionary({
+            "Type": "/FontDescriptor",
+            "Ascent": self.ascent,
+            "CapHeight": self.capHeight,
+            "Descent": self.descent,
+            "Flags": (self.flags & ~FF_NONSYMBOLIC) | FF_SYMBOLIC,
+            "FontBBox": pdfdoc.PDFArray(self.bbox),
+            "FontName": pdfdoc.PDFName(fontname),
+            "ItalicAngle": self.italicAngle,
+            "StemV": self.stemV,
+            "FontFile2": font_file_ref,
+            "MissingWidth": self.defaultWidth,
+        })
+        return doc.Reference(descriptor, "fontDescriptor:" + fontname)
+
+
+def _report_font(name: str, path: pathlib.Path) -> TTFont:
+    font = TTFont(name, str(path))
+    font.face.__class__ = _SubsetOnceFace  # TTFont builds a plain TTFontFace; same data
+    font.face._programs = {}
+    return font
+
+
 @functools.cache
 def register_fonts() -> tuple[str, str]:
     """Register a Unicode TTF (DejaVu, else reportlab's Vera) under stable names."""
@@ -103,8 +165,8 @@ def register_fonts() -> tuple[str, str]:
     candidates.append((rl_fonts / "Vera.ttf", rl_fonts / "VeraBd.ttf"))
     for regular, bold in candidates:
         if regular.is_file() and bold.is_file():
-            pdfmetrics.registerFont(TTFont(FONT, str(regular)))
-            pdfmetrics.registerFont(TTFont(FONT_BOLD, str(bold)))
+            pdfmetrics.registerFont(_report_font(FONT, regular))
+            pdfmetrics.registerFont(_report_font(FONT_BOLD, bold))
             pdfmetrics.registerFontFamily(FONT, normal=FONT, bold=FONT_BOLD, italic=FONT, boldItalic=FONT_BOLD)
             return FONT, FONT_BOLD
     raise RuntimeError("no TrueType font found for the report (install fonts-dejavu-core)")
@@ -141,6 +203,17 @@ def _styles() -> dict[str, ParagraphStyle]:
         "banner": ParagraphStyle("bw", base, fontName=FONT_BOLD, fontSize=13, leading=16),
         "quality": ParagraphStyle("q", base, fontSize=10, leading=13),
     }
+
+
+@functools.cache
+def _fixed_template(text: str, style: str) -> FixedParagraph:
+    return FixedParagraph(text, _styles()[style])
+
+
+def _fixed(text: str, style: str) -> Paragraph:
+    """A paragraph of text that is the same in every report: parsed and broken into lines
+    once per process (:class:`FixedParagraph`); ``text`` is markup, escaped by the caller."""
+    return copy.copy(_fixed_template(text, style))
 
 
 def _text(value: object | None, limit: int = MAX_FIELD_CHARS) -> str:
@@ -193,14 +266,11 @@ def _utc(ts: datetime) -> str:
 
 
 def _header(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
-    sub = Paragraph(
-        "Automated dermoscopy image analysis for referral triage. "
-        "Not a diagnosis \u2014 see the statement at the foot of this page.",
-        st["subtitle"],
-    )
+    sub = _fixed("Automated dermoscopy image analysis for referral triage. "
+                 "Not a diagnosis \u2014 see the statement at the foot of this page.", "subtitle")
     when = Paragraph(f"Reported {_utc(c.reported_at)}", st["when"])
     row = Columns(sub, when, CONTENT_W - 60 * mm, 60 * mm, valign="bottom")
-    head = Panel([(Paragraph(escape(TITLE), st["title"]), 3), (row, 0)], CONTENT_W,
+    head = Panel([(_fixed(escape(TITLE), "title"), 3), (row, 0)], CONTENT_W,
                  Box(bottom=5, rule_below=(1.2, INK)))
     return [head, Spacer(1, 6)]
 
@@ -288,8 +358,8 @@ def _thumbnail(c: ReportContent, st: dict[str, ParagraphStyle], column: float) -
 def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     fill, ink = BANNER[c.triage]
     hexink = ink.hexval()[2:]
-    label = Paragraph(f'<font color="#{hexink}">TRIAGE RESULT</font>', st["banner_label"])
-    wording = Paragraph(f'<font color="#{hexink}">{escape(c.triage.wording)}</font>', st["banner"])
+    label = _fixed(f'<font color="#{hexink}">TRIAGE RESULT</font>', "banner_label")
+    wording = _fixed(f'<font color="#{hexink}">{escape(c.triage.wording)}</font>', "banner")
     banner = Panel([(label, 1), (wording, 0)], CONTENT_W, Box(left=8, right=8, top=5, bottom=7, fill=fill))
     reason = Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])
     explanation = Panel([(reason, 0)], CONTENT_W,
@@ -371,7 +441,7 @@ def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
         f"Fixed class order; probabilities are calibrated model outputs, not prevalence-adjusted risks."
     )
     return [
-        Paragraph("Class probabilities", st["h"]),
+        _fixed("Class probabilities", "h"),
         ProbabilityChart(c),
         Spacer(1, 2),
         Paragraph(note, st["small"]),
@@ -401,8 +471,8 @@ def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Panel:
     return Panel(items, CONTENT_W, Box(left=6, right=6, top=4, bottom=4, fill=PANEL))
 
 
-def _disclaimer(st: dict[str, ParagraphStyle]) -> Panel:
-    text = Paragraph(f"<b>Important.</b> {escape(DISCLAIMER)}", st["disclaimer"])
+def _disclaimer() -> Panel:
+    text = _fixed(f"<b>Important.</b> {escape(DISCLAIMER)}", "disclaimer")
     return Panel([(text, 0)], CONTENT_W, Box(left=8, right=8, top=5, bottom=6, stroke=INK,
                                              stroke_width=0.8))
 
@@ -431,13 +501,13 @@ def build_story(c: ReportContent) -> list:
     top = Columns(_patient_block(c, st, left_w), _thumbnail(c, st, img_col), left_w + 6 * mm, img_col)
     story: list = []
     story += _header(c, st)
-    story += [Paragraph("Patient and study", st["h"]), top, Spacer(1, 8)]
+    story += [_fixed("Patient and study", "h"), top, Spacer(1, 8)]
     story += _banner(c, st)
     if c.quality_note is not None and c.quality_note.strip():
         story += [Spacer(1, 5), _quality_box(c.quality_note, st)]
     story += [Spacer(1, 6)]
     story += _chart_block(c, st)
-    story += [Spacer(1, 7), _technical_block(c, st), Spacer(1, 7), _disclaimer(st)]
+    story += [Spacer(1, 7), _technical_block(c, st), Spacer(1, 7), _disclaimer()]
     return story
 
 
