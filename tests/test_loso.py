@@ -95,6 +95,27 @@ def test_worst_source_rules_by_hand():
     assert "expected specificity at a new site: 0.50 (worst held-out source, a; 0.50-0.75" in table
 
 
+def test_a_fold_trained_on_a_small_share_is_shown_but_sets_no_rule():
+    loso = _loso()
+    folds = {s: dict(f) for s, f in loso["folds"].items()}
+    # b's model saw only 20 % of the images (as holding out HAM10000 leaves a third): out of the rules
+    folds["a"] |= {"n_train_rows": 160, "n_left_out_shared": 0}
+    folds["b"] |= {"n_train_rows": 15, "n_left_out_shared": 0}
+    rules = worst_source_rules(folds, _scores())
+    a, b = rules["per_source"]["a"], rules["per_source"]["b"]
+    assert a["in_rule"] and not b["in_rule"] and b["training_share"] == pytest.approx(0.2)
+    assert rules["shift"] == {"logit_shift": 0.0, "worst_source": "a"}  # a had room: no move
+    assert b["shift"]["sensitivity"] == 0.05  # ... which b, shown, does not keep
+    assert rules["shift_all_folds"]["worst_source"] == "b"
+    assert rules["shift_all_folds"]["logit_shift"] == pytest.approx(logit(0.05) - logit(0.2))
+    assert rules["expected_at_new_site"]["worst_source"] == "a"
+    table = loso_markdown(loso | {"folds": folds, "rules": rules})
+    assert "| b \\* | 60 |" in table and "not in the rules: trained on less than 50% of the images (b 20%)" in table
+    assert "across the 1 held-out sources in the rules" in table
+    # older fold.json files without counts: every fold counts, as before
+    assert all(d["in_rule"] for d in loso["rules"]["per_source"].values())
+
+
 def test_rules_without_melanomas_are_undefined():
     folds = {"a": {"threshold": 0.1}}
     rules = worst_source_rules(folds, {"a": (np.zeros(5, int), np.linspace(0, 1, 5))})

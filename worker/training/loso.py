@@ -54,6 +54,8 @@ FOLD_FILE = "fold.json"
 HELDOUT_CSV = "heldout.csv"
 #: Fewer held-out melanomas than this: the source's needed threshold is marked uncertain.
 MIN_MELANOMA = 30
+#: A fold trained on less than this share of the images is reported but sets no threshold rule.
+MIN_TRAINING_SHARE = 0.5
 _EPS = 1e-6
 
 
@@ -188,6 +190,14 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+def training_share(fold: dict) -> float | None:
+    """The share of all images the fold's model was trained on (None: an older fold.json)."""
+    if "n_train_rows" not in fold:
+        return None
+    total = fold["n_train_rows"] + fold["n"] + fold.get("n_left_out_shared", 0)
+    return fold["n_train_rows"] / total if total else None
+
+
 def needed_threshold(y: np.ndarray, p: np.ndarray, target: float = REQUIRED_SENSITIVITY) -> float | None:
     """Largest threshold with sensitivity >= ``target`` on these cases; None without melanomas."""
     from worker.training.calibration import sensitivity_threshold
@@ -216,9 +226,18 @@ def worst_source_rules(folds: dict[str, dict], scores: dict[str, tuple[np.ndarra
       to this one: an estimate for a site that took no part in choosing the rule.
 
     ``scores``: per source (melanoma 0/1, P(melanoma)) of its held-out images.
+
+    A fold whose model was trained on less than ``MIN_TRAINING_SHARE`` of the images (holding
+    out HAM10000 leaves a third, and almost no confirmed nevus) is reported but sets no rule:
+    it measures a model that has not seen the class mix, not the shipped model at a new clinic.
+    ``shift_all_folds`` says what the rule would be with it.
     """
     needed = {s: needed_threshold(*scores[s], target) for s in folds}
-    moves = {s: logit(needed[s]) - logit(folds[s]["threshold"]) for s in folds if needed[s] is not None}
+    all_moves = {s: logit(needed[s]) - logit(folds[s]["threshold"]) for s in folds if needed[s] is not None}
+    share = {s: training_share(f) for s, f in folds.items()}
+    moves = {s: m for s, m in all_moves.items() if share[s] is None or share[s] >= MIN_TRAINING_SHARE}
+    if not moves:
+        moves = all_moves  # no comparable fold: every fold counts
     if not moves:
         return {"target_sensitivity": target, "defined": False,
                 "reason": "no held-out source has a melanoma"}
@@ -231,21 +250,27 @@ def worst_source_rules(folds: dict[str, dict], scores: dict[str, tuple[np.ndarra
         others = [m for o, m in moves.items() if o != s]
         loo = min(0.0, min(others)) if others else None
         per_source[s] = {
-            "needed_threshold": needed[s], "logit_move": moves.get(s), "n_melanoma": int(np.sum(y)),
-            "uncertain": int(np.sum(y)) < MIN_MELANOMA,
+            "needed_threshold": needed[s], "logit_move": all_moves.get(s), "n_melanoma": int(np.sum(y)),
+            "uncertain": int(np.sum(y)) < MIN_MELANOMA, "training_share": share[s], "in_rule": s in moves,
             "absolute": _at(y, p, needed[worst_abs]),
             # min(): the logit round trip must not lift the worst source's threshold past its scores
             "shift": _at(y, p, min(sigmoid(logit(fold["threshold"]) + shift),
-                                 1.0 if needed[s] is None else needed[s])),
+                                 1.0 if needed[s] is None or s not in moves else needed[s])),
             "shift_without_this_source": (None if loo is None else
                                           {"logit_shift": loo, **_at(y, p, sigmoid(logit(fold["threshold"]) + loo))}),
         }
-    specs = {s: d["shift"]["specificity"] for s, d in per_source.items() if d["shift"]["specificity"] is not None}
+    specs = {s: d["shift"]["specificity"] for s, d in per_source.items()
+             if d["shift"]["specificity"] is not None and d["in_rule"]}
     expected = min(specs, key=specs.get) if specs else None
+    worst_all = min(all_moves, key=all_moves.get)
     return {
-        "target_sensitivity": target, "defined": True,
+        "target_sensitivity": target, "defined": True, "min_training_share": MIN_TRAINING_SHARE,
         "absolute": {"threshold": needed[worst_abs], "worst_source": worst_abs},
         "shift": {"logit_shift": shift, "worst_source": worst},
+        "shift_all_folds": {"logit_shift": min(0.0, all_moves[worst_all]), "worst_source": worst_all,
+                            "specificity": {s: _at(*scores[s], sigmoid(logit(folds[s]["threshold"])
+                                                                      + min(0.0, all_moves[worst_all])))["specificity"]
+                                            for s in folds}},
         "per_source": per_source,
         "expected_at_new_site": {"specificity": specs.get(expected) if expected else None, "worst_source": expected,
                                  "specificity_range": [min(specs.values()), max(specs.values())] if specs else None},

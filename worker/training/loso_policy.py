@@ -61,7 +61,8 @@ def loso_threshold(loso: dict, base_threshold: float) -> dict:
     shift = min(0.0, float(rules["shift"]["logit_shift"]))
     threshold = sigmoid(logit(base_threshold) + shift) if shift < 0 else float(base_threshold)
     per = rules["per_source"]
-    sens = [d["shift"]["sensitivity"] for d in per.values() if d["shift"]["sensitivity"] is not None]
+    sens = [d["shift"]["sensitivity"] for d in per.values()
+            if d["shift"]["sensitivity"] is not None and d.get("in_rule", True)]
     expected = rules["expected_at_new_site"]
     return {
         "threshold": threshold, "base_threshold": float(base_threshold), "logit_shift": shift,

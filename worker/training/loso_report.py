@@ -28,10 +28,15 @@ def expected_specificity_line(loso: dict) -> str:
     if not rules.get("defined") or exp.get("specificity") is None:
         return "expected specificity at a new site: unknown (no held-out source had melanomas)"
     lo, hi = exp["specificity_range"]
+    n_rule = sum(1 for d in (rules.get("per_source") or {}).values() if d.get("in_rule", True))
     return (f"expected specificity at a new site: {exp['specificity']:.2f} (worst held-out source, "
-            f"{exp['worst_source']}; {lo:.2f}-{hi:.2f} across the {len(loso['folds'])} held-out sources) at "
-            f"melanoma sensitivity >= {rules['target_sensitivity']:.2f} on every held-out source, with the "
+            f"{exp['worst_source']}; {lo:.2f}-{hi:.2f} across the {n_rule} held-out sources in the rules) at "
+            f"melanoma sensitivity >= {rules['target_sensitivity']:.2f} on every held-out source in the rules, with the "
             f"worst-source threshold rule")
+
+
+def _not_in_rule(d: dict) -> str:
+    return " \\*" if d.get("in_rule") is False else ""
 
 
 def loso_markdown(loso: dict, sentence: bool = True) -> str:
@@ -50,7 +55,7 @@ def loso_markdown(loso: dict, sentence: bool = True) -> str:
         d = per.get(s) or {}
         sh, loo = d.get("shift") or {}, d.get("shift_without_this_source") or {}
         lines.append(
-            f"| {s} | {f['n']} | {f['n_melanoma']}{' (few)' if d.get('uncertain') else ''} | "
+            f"| {s}{_not_in_rule(d)} | {f['n']} | {f['n_melanoma']}{' (few)' if d.get('uncertain') else ''} | "
             f"{_ci(f['melanoma_auc'])} | {f['threshold']:.4f} | {_ci(f['sensitivity'])} | {_ci(f['specificity'])} | "
             f"{_f(d.get('needed_threshold'), 4)} | {_f(sh.get('sensitivity'))} / {_f(sh.get('specificity'))} "
             f"(t {_f(sh.get('threshold'), 4)}) | {_f(loo.get('sensitivity'))} / {_f(loo.get('specificity'))} |")
@@ -61,9 +66,18 @@ def loso_markdown(loso: dict, sentence: bool = True) -> str:
             "",
             f"- worst-source rule: every fold's validation threshold moved by {sh['logit_shift']:+.3f} on the "
             f"logit scale (set by {sh['worst_source']}); `models apply-loso` applies it to a version.",
-            f"- one absolute threshold that holds on every held-out source: {ab['threshold']:.4f} (set by "
+            f"- one absolute threshold that holds on every held-out source in the rules: {ab['threshold']:.4f} (set by "
             f"{ab['worst_source']}); specificity there: {spec_abs}.",
         ]
+        out_of_rule = [s for s, d in per.items() if d.get("in_rule") is False]
+        if out_of_rule and rules.get("shift_all_folds"):
+            al = rules["shift_all_folds"]
+            spec_all = ", ".join(f"{s} {_f(v)}" for s, v in al["specificity"].items())
+            shares = ", ".join(f"{s} {per[s]['training_share']:.0%}" for s in out_of_rule)
+            lines.append(
+                f"- \\* not in the rules: trained on less than {rules['min_training_share']:.0%} of the images "
+                f"({shares}), so not the shipped model at a new clinic. With it, the shift would be "
+                f"{al['logit_shift']:+.3f} (set by {al['worst_source']}) and specificity {spec_all}.")
     if sentence:
         lines += ["", f"**{expected_specificity_line(loso)}**"]
     lines.append("")
