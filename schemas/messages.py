@@ -78,6 +78,10 @@ class TriageThresholds(BaseModel):
     urgent_specificity: float | None = None
     soon_sensitivity: float | None = None
     soon_specificity: float | None = None
+    # The largest urgent threshold that keeps validation melanoma sensitivity >= 0.95 (the
+    # requirement, without the margin ``urgent_melanoma`` keeps): how far a leave-one-source-out
+    # rule may raise ``urgent_melanoma`` (``models apply-loso``). None: never raised.
+    urgent_melanoma_ceiling: float | None = Field(default=None, ge=0, le=1)
     # The class call: argmax of log(p) + class_bias (a prior correction fitted on validation
     # for balanced accuracy; rare classes are otherwise almost never named). None: argmax of p.
     # Triage never uses it: it reads the calibrated probabilities above.

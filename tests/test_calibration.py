@@ -67,6 +67,11 @@ def test_choose_thresholds_records_validation_sens_spec():
     s = probs[known][:, soon_idx].sum(axis=1)
     assert ((s >= th.soon_keratinocyte) & soon_true).sum() / soon_true.sum() >= 0.90
     assert 0 <= th.min_confidence <= calibration.MIN_CONFIDENCE_CAP
+    # the ceiling keeps exactly the requirement (0.95) on validation, above the margin's threshold
+    p_mel = probs[:, MELANOMA_INDEX]
+    assert th.urgent_melanoma_ceiling > th.urgent_melanoma
+    assert (p_mel[mel == 1] >= th.urgent_melanoma_ceiling).mean() >= 0.95
+    assert (p_mel[mel == 1] > th.urgent_melanoma_ceiling).mean() < 0.95
 
 
 def test_min_confidence_marks_the_band_that_is_mostly_wrong():

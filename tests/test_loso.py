@@ -116,6 +116,32 @@ def test_a_fold_trained_on_a_small_share_is_shown_but_sets_no_rule():
     assert all(d["in_rule"] for d in loso["rules"]["per_source"].values())
 
 
+def test_when_every_source_has_room_the_threshold_rises_with_a_margin_and_within_validation():
+    from worker.training.loso_policy import loso_threshold
+
+    # both sources keep every melanoma at or above 0.4, far above their thresholds 0.1 and 0.2
+    y = np.r_[np.ones(40), np.zeros(60)].astype(int)
+    scores = {"a": (y, np.r_[np.linspace(0.4, 0.9, 40), np.linspace(0.0, 0.6, 60)]),
+              "b": (y, np.r_[np.linspace(0.5, 0.9, 40), np.linspace(0.0, 0.7, 60)])}
+    folds = {s: {"n": 100, "n_melanoma": 40, "threshold": t, "melanoma_auc": _ci(0.9), "sensitivity": _ci(1.0),
+                 "specificity": _ci(0.3)} for s, t in (("a", 0.1), ("b", 0.2))}
+    rules = worst_source_rules(folds, scores)
+    up = {s: logit(needed_threshold(*scores[s], 0.97)) - logit(folds[s]["threshold"]) for s in folds}
+    assert min(up.values()) > 0
+    assert rules["shift"]["logit_shift"] == pytest.approx(min(up.values()))
+    for s, d in rules["per_source"].items():
+        assert d["shift"]["sensitivity"] >= 0.97  # the margin, on every held-out source
+        assert d["shift"]["specificity"] > 0.3  # ... for specificity that the unmoved threshold lost
+    loso = {"rules": rules, "folds": folds}
+    never = loso_threshold(loso, 0.05)  # a version that does not record its ceiling: unchanged
+    assert never["threshold"] == 0.05
+    capped = loso_threshold(loso, 0.05, ceiling=0.08)  # its own validation allows up to 0.08 only
+    assert capped["threshold"] == 0.08 and capped["capped"]
+    free = loso_threshold(loso, 0.05, ceiling=0.9)
+    assert free["threshold"] == pytest.approx(sigmoid(logit(0.05) + rules["shift"]["logit_shift"]))
+    assert not free["capped"]
+
+
 def test_rules_without_melanomas_are_undefined():
     folds = {"a": {"threshold": 0.1}}
     rules = worst_source_rules(folds, {"a": (np.zeros(5, int), np.linspace(0, 1, 5))})

@@ -56,6 +56,8 @@ HELDOUT_CSV = "heldout.csv"
 MIN_MELANOMA = 30
 #: A fold trained on less than this share of the images is reported but sets no threshold rule.
 MIN_TRAINING_SHARE = 0.5
+#: An upward move keeps this melanoma sensitivity on every held-out source (the validation margin).
+UPWARD_TARGET = 0.97
 _EPS = 1e-6
 
 
@@ -219,9 +221,11 @@ def worst_source_rules(folds: dict[str, dict], scores: dict[str, tuple[np.ndarra
     * absolute: one probability for every fold, the lowest threshold any held-out source
       needed (the literal reading; it assumes the folds' calibrated probabilities agree);
     * shift (the policy, ``loso_policy``): each fold's validation threshold moved by the same
-      amount on the logit scale, the largest downward move any held-out source needed (never
-      upward: the own-split sensitivity target must still hold). A move transfers to a model
-      trained on every source, whose validation threshold differs from the folds';
+      amount on the logit scale: the largest downward move any held-out source needed; when
+      every held-out source had room instead, the smallest upward move that keeps sensitivity
+      >= ``UPWARD_TARGET`` (the margin validation keeps) on each of them. A move transfers to
+      a model trained on every source, whose validation threshold differs from the folds'
+      (``loso_policy`` raises a version's threshold no further than its own validation allows);
     * shift without this source: the shift fitted on the other held-out sources only, applied
       to this one: an estimate for a site that took no part in choosing the rule.
 
@@ -241,14 +245,24 @@ def worst_source_rules(folds: dict[str, dict], scores: dict[str, tuple[np.ndarra
     if not moves:
         return {"target_sensitivity": target, "defined": False,
                 "reason": "no held-out source has a melanoma"}
+    up_moves = {s: logit(needed_threshold(*scores[s], UPWARD_TARGET)) - logit(folds[s]["threshold"])
+                for s in all_moves}
+
+    def rule(sources) -> tuple[float, str]:
+        """(logit shift, the source that set it) from these sources' folds."""
+        worst = min(sources, key=all_moves.get)
+        if all_moves[worst] < 0:
+            return all_moves[worst], worst
+        worst = min(sources, key=up_moves.get)  # every source had room: up, keeping the margin
+        return max(0.0, up_moves[worst]), worst
+
     worst_abs = min(moves, key=lambda s: needed[s])
-    worst = min(moves, key=moves.get)
-    shift = min(0.0, moves[worst])
+    shift, worst = rule(moves)
     per_source = {}
     for s, fold in folds.items():
         y, p = scores[s]
-        others = [m for o, m in moves.items() if o != s]
-        loo = min(0.0, min(others)) if others else None
+        others = [o for o in moves if o != s]
+        loo = rule(others)[0] if others else None
         per_source[s] = {
             "needed_threshold": needed[s], "logit_move": all_moves.get(s), "n_melanoma": int(np.sum(y)),
             "uncertain": int(np.sum(y)) < MIN_MELANOMA, "training_share": share[s], "in_rule": s in moves,
@@ -262,15 +276,14 @@ def worst_source_rules(folds: dict[str, dict], scores: dict[str, tuple[np.ndarra
     specs = {s: d["shift"]["specificity"] for s, d in per_source.items()
              if d["shift"]["specificity"] is not None and d["in_rule"]}
     expected = min(specs, key=specs.get) if specs else None
-    worst_all = min(all_moves, key=all_moves.get)
+    shift_all, worst_all = rule(all_moves)
     return {
         "target_sensitivity": target, "defined": True, "min_training_share": MIN_TRAINING_SHARE,
         "absolute": {"threshold": needed[worst_abs], "worst_source": worst_abs},
         "shift": {"logit_shift": shift, "worst_source": worst},
-        "shift_all_folds": {"logit_shift": min(0.0, all_moves[worst_all]), "worst_source": worst_all,
-                            "specificity": {s: _at(*scores[s], sigmoid(logit(folds[s]["threshold"])
-                                                                      + min(0.0, all_moves[worst_all])))["specificity"]
-                                            for s in folds}},
+        "shift_all_folds": {"logit_shift": shift_all, "worst_source": worst_all,
+                            "specificity": {s: _at(*scores[s], sigmoid(logit(folds[s]["threshold"]) + shift_all)
+                                                   )["specificity"] for s in folds}},
         "per_source": per_source,
         "expected_at_new_site": {"specificity": specs.get(expected) if expected else None, "worst_source": expected,
                                  "specificity_range": [min(specs.values()), max(specs.values())] if specs else None},

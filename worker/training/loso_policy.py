@@ -1,12 +1,15 @@
 """The urgent threshold a leave-one-source-out run supports, applied to a stored version.
 
 Rule (``worker.training.loso.worst_source_rules``, "shift"): in every LOSO fold the urgent
-threshold chosen on the training sources' validation split is moved down on the logit scale
-until the worst held-out source keeps melanoma sensitivity >= 0.95; the largest move any
-source needed is applied to the version's own validation threshold. It is never moved up:
-the version's own-split sensitivity target still has to hold. The move transfers between
-models of one recipe (temperature-scaled probabilities, thresholds in the same tail); it is
-refused for a version of another recipe unless the caller says otherwise.
+threshold chosen on the training sources' validation split is moved on the logit scale: down
+until the worst held-out source keeps melanoma sensitivity >= 0.95, or, when every held-out
+source had room, up only as far as each keeps 0.97 (the validation margin). That move is
+applied to the version's own validation threshold; an upward move stops at the version's own
+``urgent_melanoma_ceiling`` (validation sensitivity 0.95), and a version that does not record
+one is never raised. Folds trained on under half of the images are reported but set no rule.
+The move transfers between models of one recipe (temperature-scaled probabilities, thresholds
+in the same tail); it is refused for a version of another recipe unless the caller says
+otherwise.
 
 The result is a new version (``worker.store.derived``): same weights and temperature, the new
 urgent threshold, ``loso.json`` in its folder (the model card shows the LOSO table), the
@@ -53,13 +56,17 @@ def recipe_differences(loso: dict, base: ModelMetadata) -> list[str]:
     return out
 
 
-def loso_threshold(loso: dict, base_threshold: float) -> dict:
-    """The urgent threshold for a version whose validation threshold is ``base_threshold``."""
+def loso_threshold(loso: dict, base_threshold: float, ceiling: float | None = None) -> dict:
+    """The urgent threshold for a version whose validation threshold is ``base_threshold``;
+    ``ceiling``: the most its own validation allows (``urgent_melanoma_ceiling``; None: the
+    threshold is never raised)."""
     rules = loso.get("rules") or {}
     if not rules.get("defined"):
         raise LosoPolicyError(f"the LOSO run defines no threshold rule: {rules.get('reason', 'no rules')}")
-    shift = min(0.0, float(rules["shift"]["logit_shift"]))
-    threshold = sigmoid(logit(base_threshold) + shift) if shift < 0 else float(base_threshold)
+    shift = float(rules["shift"]["logit_shift"])
+    threshold = sigmoid(logit(base_threshold) + shift)
+    if shift > 0:  # raised no further than the version's own validation sensitivity 0.95 allows
+        threshold = max(float(base_threshold), min(threshold, ceiling if ceiling is not None else base_threshold))
     per = rules["per_source"]
     sens = [d["shift"]["sensitivity"] for d in per.values()
             if d["shift"]["sensitivity"] is not None and d.get("in_rule", True)]
@@ -70,7 +77,9 @@ def loso_threshold(loso: dict, base_threshold: float) -> dict:
         "worst_heldout_sensitivity": min(sens) if sens else None,
         "expected_specificity": expected.get("specificity"),
         "expected_specificity_source": expected.get("worst_source"),
-        "rule": "validation threshold moved by the worst held-out source's logit shift (never up)",
+        "ceiling": ceiling, "capped": shift > 0 and threshold < sigmoid(logit(base_threshold) + shift) - 1e-12,
+        "rule": ("validation threshold moved by the worst held-out source's logit shift; raised only as far "
+                 "as every held-out source keeps sensitivity 0.97 and the version's validation keeps 0.95"),
         "sentence": expected_specificity_line(loso),
     }
 
@@ -95,7 +104,7 @@ def apply_loso(store: ModelStore, version: str, loso: dict, command: str, allow_
     differences = recipe_differences(loso, base)
     if differences and not allow_other_recipe:
         raise LosoPolicyError("the LOSO run used another recipe than this version: " + "; ".join(differences))
-    choice = loso_threshold(loso, base.thresholds.urgent_melanoma)
+    choice = loso_threshold(loso, base.thresholds.urgent_melanoma, base.thresholds.urgent_melanoma_ceiling)
     choice |= {"recipe_differences": differences, "loso_created_at": loso.get("created_at"),
                "loso_command": loso.get("command")}
     thresholds = base.thresholds.model_copy(update={
