@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[serve,train,test,flower]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[serve,train,test,flower,bench]"
 # pdftotext/pdfinfo read the reports in the tests, dcmdump is an independent DICOM parser
 # for the fixtures, dciodvfy (dicom3tools) validates the DICOM objects we write, DejaVu
 # renders non-Latin patient names.
