@@ -17,6 +17,11 @@
    worker says "ready", until its report is in the database. Then ``--service-n`` images
    dropped into intake/ at once (copy-then-rename): images/min, per worker process, the
    ratio of 2 workers to 1, latency per image, and the triage worker's RSS over the run.
+   CPU time (user + system) of every process of `run`, by role (the parent: watcher,
+   admission, supervisor; each Celery worker's main process apart from its pool; beat):
+   ms per image over the batch (until the last deliver task), ms per second while idle
+   before it, and images per CPU-minute of the whole service: the "per core used" figure,
+   and the one to compare when other work shares the machine (wall clock is not).
 
 Numbers are noisy on a shared machine: compare ratios within one run, not across runs.
 """

@@ -123,3 +123,123 @@ def test_an_existing_table_is_never_replaced(tmp_path):
     (control / "triage.exchange").write_text(json.dumps(table))
     prepare_control_folder(control, QUEUES)
     assert json.loads((control / "triage.exchange").read_text()) == table
+
+
+# ---------------------------------------------------------------- the adaptive transport
+
+
+def _connection(broker: Path, polling_interval: float):
+    from kombu import Connection
+
+    from worker.filesystem_broker import Transport
+
+    (broker / "queue").mkdir(parents=True, exist_ok=True)
+    prepare_control_folder(broker / "control", QUEUES)
+    options = {"data_folder_in": f"{broker}/queue", "data_folder_out": f"{broker}/queue",
+               "control_folder": f"{broker}/control", "store_processed": False,
+               "polling_interval": polling_interval, "busy_polling_interval": 0.005}
+    return Connection("filesystem://", transport=Transport, transport_options=options)
+
+
+def _queue():
+    from kombu import Exchange, Queue
+
+    return Queue("triage", Exchange("triage"), routing_key="triage")
+
+
+def test_create_app_uses_the_adaptive_transport_on_the_embedded_broker(tmp_path):
+    from worker.celery_app import create_app
+    from worker.filesystem_broker import Transport
+    from worker.settings import Settings
+
+    app = create_app(Settings(home=tmp_path / "home"))
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+
+
+def test_a_freed_prefetch_slot_takes_the_next_message_at_once(tmp_path):
+    """kombu sleeps ``polling_interval`` (here 2 s) while the one prefetched message is held;
+    the acknowledgement (from another thread, as the prefork result handler sends it) must
+    bring the next message within milliseconds."""
+    import threading
+    import time
+
+    with _connection(tmp_path / "broker", polling_interval=2.0) as conn:
+        got: list = []
+        with conn.Producer() as producer:
+            for i in range(2):
+                producer.publish({"n": i}, exchange=_queue().exchange, routing_key="triage",
+                                 declare=[_queue()], serializer="json")
+        with conn.Consumer(_queue(), callbacks=[lambda body, msg: got.append((body, msg))],
+                           accept=["json"]) as consumer:
+            consumer.qos(prefetch_count=1)
+            conn.drain_events(timeout=5)
+            assert len(got) == 1  # one slot: the other message waits for the ack
+            acked_at: list[float] = []
+            timer = threading.Timer(0.3, lambda: (got[0][1].ack(), acked_at.append(time.monotonic())))
+            timer.start()
+            conn.drain_events(timeout=5)
+            received_at = time.monotonic()
+            timer.join()
+    assert sorted(b["n"] for b, _ in got) == [0, 1]
+    assert received_at - acked_at[0] < 0.2, f"{received_at - acked_at[0]:.2f} s after the ack"
+
+
+def test_an_idle_consumer_backs_off_and_still_receives(tmp_path, monkeypatch):
+    """Empty queues: polls thin out to ``polling_interval`` (not one every 5 ms), and a
+    message put meanwhile is received within about one interval."""
+    import threading
+    import time
+
+    from worker.filesystem_broker import Channel
+
+    polls = []
+    original = Channel._get
+    monkeypatch.setattr(Channel, "_get", lambda self, queue: (polls.append(queue), original(self, queue))[1])
+    with _connection(tmp_path / "broker", polling_interval=0.2) as conn:
+        got = []
+        with conn.Consumer(_queue(), callbacks=[lambda body, msg: (got.append(body), msg.ack())],
+                           accept=["json"]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=1.5)
+            assert len(polls) < 20, f"{len(polls)} polls in 1.5 s idle"
+            put_at = []
+
+            def put() -> None:
+                with conn.clone() as other, other.Producer() as producer:
+                    put_at.append(time.monotonic())
+                    producer.publish({"n": 7}, exchange=_queue().exchange, routing_key="triage",
+                                     serializer="json")
+
+            threading.Timer(0.1, put).start()
+            conn.drain_events(timeout=5)
+            delay = time.monotonic() - put_at[0]
+    assert got == [{"n": 7}]
+    assert delay < 0.2 + 0.15, f"received {delay:.2f} s after the put"
+
+
+def test_a_message_is_never_visible_before_it_is_whole(tmp_path, monkeypatch):
+    """kombu created the queue file empty and wrote it afterwards; a poll in between read it
+    empty and killed the worker (JSONDecodeError). Every file a reader can see under the
+    queue's name must hold the whole message."""
+    import os
+
+    import worker.filesystem_broker as fb
+
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        # At the moment the name appears, the content must already be complete.
+        assert not os.path.exists(dst)
+        seen.append(json.loads(Path(src).read_bytes()))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(fb.os, "rename", rename)
+    broker = tmp_path / "broker"
+    with _connection(broker, polling_interval=0.2) as conn, conn.Producer() as producer:
+        producer.publish({"n": 1}, exchange=_queue().exchange, routing_key="triage",
+                         declare=[_queue()], serializer="json")
+    names = os.listdir(broker / "queue")
+    assert len(seen) == 1 and [n for n in names if n.endswith(".triage.msg")] == names
+    assert json.loads((broker / "queue" / names[0]).read_bytes())["body"]  # kombu's own format

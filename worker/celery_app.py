@@ -43,9 +43,10 @@ def _transport_options(settings: Settings) -> dict:
             "processed_folder": str(settings.broker_dir / "processed"),
             "control_folder": str(settings.broker_dir / "control"),  # default: the cwd
             "store_processed": False,
-            # worker.filesystem_broker.Transport: 5 ms after a message or an ack, doubling
-            # while the queues stay empty, to at most this (an idle process polls ~2x/s).
-            "polling_interval": 0.5,
+            # worker.filesystem_broker.Transport: 5 ms after a message, doubling while the
+            # queues stay empty, to at most this: an idle process polls 4x/s, and an image
+            # waits at most this long in an idle queue; a freed prefetch slot polls at once.
+            "polling_interval": 0.25,
             "busy_polling_interval": 0.005,
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):

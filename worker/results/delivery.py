@@ -189,11 +189,13 @@ def deliver_results(settings: Settings, sessions: sessionmaker[Session], job_id:
     plan = planned_destinations(settings, job)
     with sessions.begin() as s:
         rows = [deliveries.ensure(s, job_id, kind, dest) for kind, dest in plan]
+        every = deliveries.for_job(s, job_id)
         # Rows a resend reopened whose destination left the configuration are tried too.
-        rows += [r for r in deliveries.for_job(s, job_id)
-                 if r.state == DeliveryState.PENDING.value and r not in rows]
+        rows += [r for r in every if r.state == DeliveryState.PENDING.value and r not in rows]
         pending = [(r.id, DeliveryKind(r.kind), r.destination) for r in rows
                    if r.state == DeliveryState.PENDING.value]
+        if not pending:  # nothing to send (the usual case: only the outbox): no second read
+            return [_outcome(r) for r in every]
     artifacts = _Artifacts(settings, job)
     for delivery_id, kind, destination in pending:
         label = f"job {job_id} {kind.value} -> {destination}"
@@ -214,10 +216,14 @@ def _write_fhir_outbox(settings: Settings, job: FinishedJob) -> None:
         log.warning("job %s: FHIR outbox not written (%s)", job.job_id, type(exc).__name__)
 
 
+def _outcome(row: deliveries.Delivery) -> DeliveryOutcome:
+    return DeliveryOutcome(row.id, row.kind, row.destination, row.state, row.attempts,
+                           row.last_error)
+
+
 def outcomes(sessions: sessionmaker[Session], job_id: str) -> list[DeliveryOutcome]:
     with sessions() as s:
-        return [DeliveryOutcome(r.id, r.kind, r.destination, r.state, r.attempts, r.last_error)
-                for r in deliveries.for_job(s, job_id)]
+        return [_outcome(r) for r in deliveries.for_job(s, job_id)]
 
 
 def resend(settings: Settings, sessions: sessionmaker[Session], job_id: str | None = None,
