@@ -189,3 +189,58 @@ def test_dead_letter_and_resend_on_postgresql(tmp_path, postgres_url):
             assert resend(settings, sessions, job_id=job_id)[job_id][0].state == "sent"
     finally:
         engine.dispose()
+
+
+def test_load_finished_job_reads_the_reported_prediction_in_one_query(migrated_settings, sessions):
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from tests.resultgen import probabilities
+    from worker.db.integration import DicomInstance
+    from worker.db.models import Job, Prediction, Report, utcnow
+    from worker.results.finished_job import load_finished_job
+
+    job_id = insert_done_job(sessions, migrated_settings, "dicom", triage=TriageLevel.ROUTINE,
+                             melanoma=0.01, predicted_class="nevus")
+    with sessions.begin() as s:
+        # A later reported prediction (a rerun) wins; a still later shadow one never does.
+        for offset, version, shadow, level in ((1, "rerun-2", False, TriageLevel.URGENT),
+                                               (2, "shadow-3", True, TriageLevel.SOON)):
+            s.add(Prediction(job_id=job_id, model_version=version, shadow=shadow,
+                             predicted_class="melanoma", triage_level=level.value, image_usable=True,
+                             created_at=utcnow() + timedelta(minutes=offset),
+                             **{f"p_{n}": p for n, p in probabilities(0.9).items()}))
+        for uid, ae, minutes in (("1.2.3.2", "LATER", 2), ("1.2.3.1", "FIRST", 1), ("1.2.3.3", None, 0)):
+            s.add(DicomInstance(sop_instance_uid=uid, job_id=job_id, calling_ae_title=ae,
+                                sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.7",
+                                received_at=utcnow() + timedelta(minutes=minutes)))
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with sessions() as s:
+            job = load_finished_job(s, job_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 1
+    assert (job.model_version, job.triage, job.melanoma_probability) == ("rerun-2", TriageLevel.URGENT, 0.9)
+    assert job.calling_ae_title == "FIRST"
+    assert job.metadata.patient_id == "TEST-0001" and job.source_format == "dicom"
+    assert job.report_path.exists() and job.finished_at.tzinfo is not None
+
+    with sessions.begin() as s:
+        s.query(Report).filter_by(job_id=job_id).delete()
+    with sessions() as s:
+        assert load_finished_job(s, job_id) is None  # no report: not finished
+    other = insert_done_job(sessions, migrated_settings, "jpeg")
+    with sessions.begin() as s:
+        s.get(Job, other).state = "running"
+    with sessions() as s:
+        assert load_finished_job(s, other) is None
+    with sessions.begin() as s:
+        s.get(Job, other).state = "done"
+        s.query(Prediction).filter_by(job_id=other).update({"shadow": True})
+    with sessions() as s:
+        assert load_finished_job(s, other) is None  # only a shadow prediction

@@ -8,11 +8,18 @@ import json
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from schemas import TriageLevel
+from pydantic import ValidationError
+
+from schemas import CLASS_NAMES, ImageMetadata, TriageLevel
 from tests.conftest import make_settings
 from tests.resultgen import MODEL_VERSION, RecordingHTTPServer, finished_job, insert_done_job
+from worker.db.models import Prediction
 from worker.results.delivery import deliver_results
-from worker.results.fhir import build_bundle, fhir_bundle_for_job, fhir_outbox
+from worker.results.fhir import build_bundle, fhir_bundle_for_job, fhir_outbox, write_outbox
+
+#: A predicted class for every triage level, as the pipeline pairs them.
+TRIAGE_CASES = [(TriageLevel.URGENT, "melanoma", 0.83), (TriageLevel.SOON, "basal_cell_carcinoma", 0.1),
+                (TriageLevel.ROUTINE, "nevus", 0.01), (TriageLevel.INDETERMINATE, "dermatofibroma", 0.4)]
 
 
 def resources(bundle: Bundle) -> dict[str, list]:
@@ -102,3 +109,57 @@ def test_outbox_and_post_to_fhir_endpoint(tmp_path, sessions, migrated_settings)
         assert len(server.requests) == 2
     outbox = fhir_outbox(settings) / f"{job_id}.json"
     assert Bundle.model_validate_json(outbox.read_bytes()).type == "collection"
+
+
+@pytest.mark.parametrize("bundle_type", ["collection", "transaction"])
+@pytest.mark.parametrize("with_patient", [True, False], ids=["patient", "no-patient"])
+@pytest.mark.parametrize("fmt", ["dicom", "jpeg", "png"])
+@pytest.mark.parametrize("triage,klass,melanoma", TRIAGE_CASES, ids=[c[0].value for c in TRIAGE_CASES])
+def test_every_kind_of_bundle_is_valid_fhir(tmp_path, triage, klass, melanoma, fmt, with_patient,
+                                            bundle_type):
+    """Every shape the builder makes, parsed by the FHIR library from the outbox bytes: the
+    library checks at run time too, this shows the builder makes no bundle that it refuses."""
+    metadata = None if with_patient else ImageMetadata()  # None: the format's default, with ids
+    job = finished_job(tmp_path, fmt, triage=triage, melanoma=melanoma, predicted_class=klass,
+                       metadata=metadata)
+    system = "urn:oid:2.16.840.1.113883.2.4.6.3" if bundle_type == "transaction" else ""
+    data = build_bundle(job, job.report_path.read_bytes(), system, bundle_type)
+    settings = make_settings(tmp_path / "home")
+    raw = write_outbox(settings, job, data).read_bytes()
+    assert b"\n" not in raw and b", " not in raw[:200]  # compact JSON
+    assert json.loads(raw) == data
+    bundle = Bundle.model_validate_json(raw)
+    assert bundle.type == bundle_type and bundle.timestamp is not None
+    found = resources(bundle)
+    report = found["DiagnosticReport"][0]
+    assert report.conclusionCode[0].coding[0].code == triage.value.upper()
+    assert (report.subject is not None) == with_patient
+    assert all((o.subject is not None) == with_patient for o in found["Observation"])
+    assert (report.imagingStudy is not None) == (with_patient and fmt == "dicom")
+    assert data["timestamp"].endswith("Z")
+
+
+def test_every_predicted_class_makes_a_valid_bundle(tmp_path):
+    for klass in CLASS_NAMES:
+        job = finished_job(tmp_path / klass, "jpeg", triage=TriageLevel.ROUTINE, melanoma=0.01,
+                           predicted_class=klass)
+        Bundle.model_validate(build_bundle(job, job.report_path.read_bytes(), bundle_type="transaction"))
+
+
+def test_invalid_content_is_refused_before_it_leaves(tmp_path):
+    job = finished_job(tmp_path, "jpeg", melanoma=float("nan"))
+    with pytest.raises(ValidationError):
+        build_bundle(job, job.report_path.read_bytes())
+
+
+def test_an_invalid_bundle_is_never_posted_nor_written(sessions, migrated_settings):
+    with RecordingHTTPServer() as server:
+        settings = make_settings(migrated_settings.home, fhir_endpoint=server.url, delivery_attempts=2,
+                                 delivery_backoff_s=0.01)
+        job_id = insert_done_job(sessions, settings, "jpeg", triage=TriageLevel.ROUTINE)
+        with sessions.begin() as s:  # a probability no FHIR decimal can hold
+            s.query(Prediction).filter_by(job_id=job_id).update({"p_melanoma": float("inf")})
+        outcome, = deliver_results(settings, sessions, job_id, sleep=lambda _: None)
+        assert (outcome.kind, outcome.state, outcome.attempts) == ("fhir", "dead", 2)
+        assert server.requests == []
+    assert not (fhir_outbox(settings) / f"{job_id}.json").exists()

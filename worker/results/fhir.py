@@ -14,14 +14,20 @@ Decisions:
 * Sent as a ``transaction`` whose entries are conditional creates (``ifNoneExist`` on our
   identifiers), so a retried POST creates nothing twice. The outbox and the HTTP API get the
   same content as a ``collection``.
+* Every bundle is parsed by the FHIR model library before it is returned, so an invalid one
+  is never written or POSTed; what leaves is our dict itself (the one that was validated),
+  not the library's re-serialisation, which cost twice the validation (timestamps are
+  written in UTC with ``Z`` as the library would). The outbox is compact JSON.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +58,17 @@ _NAMESPACE = uuid.UUID("6f2b3c1e-7a52-4f5e-9d0c-3c1a8f6e2b71")
 
 def fhir_outbox(settings: Settings) -> Path:
     return settings.home / "outbox" / "fhir"
+
+
+@functools.cache
+def _software_version() -> str:
+    """Read from package metadata once per process (it costs ~0.3 ms a call)."""
+    return software_version()
+
+
+def _instant(ts: datetime) -> str:
+    """A FHIR instant/dateTime in UTC with ``Z`` (callers pass aware datetimes)."""
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _uuid(*parts: str) -> str:
@@ -86,8 +103,8 @@ def _observation(job: FinishedJob, key: str, concept, value: dict, subject: dict
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging",
                                   "display": "Imaging"}]}],
         "code": {"coding": [concept.fhir()], "text": concept.meaning},
-        "effectiveDateTime": job.finished_at.isoformat(),
-        "issued": job.finished_at.isoformat(),
+        "effectiveDateTime": _instant(job.finished_at),
+        "issued": _instant(job.finished_at),
         "device": {"reference": device_url, "display": MODEL_NAME},
         "note": [{"text": DECISION_SUPPORT_STATEMENT}],
         **value,
@@ -112,7 +129,7 @@ def build_bundle(job: FinishedJob, pdf: bytes, patient_id_system: str = "",
         "deviceName": [{"name": MODEL_NAME, "type": "model-name"}],
         "type": {"text": "Dermoscopy triage software (decision support)"},
         "version": [{"type": {"text": "model"}, "value": job.model_version},
-                    {"type": {"text": "software"}, "value": software_version()}],
+                    {"type": {"text": "software"}, "value": _software_version()}],
     }
     entries = [_entry(device, f"device/{job.model_version}", device_id, transaction)]
     device_url = entries[0]["fullUrl"]
@@ -140,8 +157,8 @@ def build_bundle(job: FinishedJob, pdf: bytes, patient_id_system: str = "",
         "category": [{"text": "Dermoscopy"}],
         "code": {"coding": [DERMOSCOPIC_PHOTOGRAPHY.fhir()],
                  "text": "Dermoscopy AI triage report (decision support)"},
-        "effectiveDateTime": job.received_at.isoformat(),
-        "issued": job.finished_at.isoformat(),
+        "effectiveDateTime": _instant(job.received_at),
+        "issued": _instant(job.finished_at),
         "result": [{"reference": e["fullUrl"]} for e in entries[1:]],
         "conclusion": f"{job.triage.wording}. {DECISION_SUPPORT_STATEMENT}",
         "conclusionCode": [{"coding": [triage.fhir()], "text": triage.meaning},
@@ -152,7 +169,7 @@ def build_bundle(job: FinishedJob, pdf: bytes, patient_id_system: str = "",
             "size": len(pdf),
             "hash": base64.b64encode(hashlib.sha1(pdf).digest()).decode("ascii"),
             "title": "Dermoscopy triage report",
-            "creation": job.finished_at.isoformat(),
+            "creation": _instant(job.finished_at),
         }],
     }
     if subject:
@@ -171,17 +188,24 @@ def build_bundle(job: FinishedJob, pdf: bytes, patient_id_system: str = "",
         "id": _uuid(job.job_id, "bundle", bundle_type),
         "identifier": {"system": JOB_SYSTEM, "value": f"{job.job_id}/bundle"},
         "type": bundle_type,
-        "timestamp": job.finished_at.isoformat(),
+        "timestamp": _instant(job.finished_at),
         "entry": entries,
     }
     return validate_bundle(bundle)
 
 
 def validate_bundle(bundle: dict) -> dict:
-    """Parse with the FHIR model library (raises on any invalid element) and re-serialise."""
+    """Parse with the FHIR model library (raises on any invalid element, NaN included) and
+    return the same dict: what was validated is what is written and sent."""
     from fhir.resources.R4B.bundle import Bundle
 
-    return json.loads(Bundle.model_validate(bundle).model_dump_json())
+    Bundle.model_validate(bundle)
+    return bundle
+
+
+def bundle_json(bundle: dict) -> bytes:
+    """Compact JSON, as the outbox holds it and the endpoint receives it (never NaN)."""
+    return json.dumps(bundle, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def fhir_bundle_for_job(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> dict | None:
@@ -199,7 +223,7 @@ def write_outbox(settings: Settings, job: FinishedJob, bundle: dict) -> Path:
     folder = fhir_outbox(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job.job_id}.json"
-    write_atomic(path, json.dumps(bundle, indent=1).encode("utf-8"))
+    write_atomic(path, bundle_json(bundle))  # fsync of file and folder before it counts
     return path
 
 
@@ -212,7 +236,7 @@ def post_bundle(settings: Settings, bundle: dict) -> None:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        response = httpx.post(settings.fhir_endpoint, content=json.dumps(bundle).encode("utf-8"),
+        response = httpx.post(settings.fhir_endpoint, content=bundle_json(bundle),
                               headers=headers, timeout=settings.delivery_timeout_s)
     except httpx.HTTPError as exc:
         raise DeliveryError(f"FHIR endpoint unreachable ({type(exc).__name__})") from None

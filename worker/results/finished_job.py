@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas import MELANOMA, ImageMetadata, JobState, TriageLevel
-from worker.db.models import Job, Prediction
+from worker.db.models import Image, Job, Prediction, Report
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,32 @@ def _aware(ts: datetime | None) -> datetime:
 
 
 def load_finished_job(session: Session, job_id: str) -> FinishedJob | None:
-    """None unless the job is done and has its reported (non-shadow) prediction and report."""
-    job = session.get(Job, job_id)
-    if job is None or job.state != JobState.DONE.value or job.report is None:
-        return None
-    prediction = session.execute(
-        select(Prediction)
-        .where(Prediction.job_id == job_id, Prediction.shadow.is_(False))
+    """None unless the job is done and has its reported (non-shadow) prediction and report.
+
+    One SELECT (job, image, report, the latest non-shadow prediction and the calling AE as a
+    correlated subquery) instead of five: this runs once per delivered job.
+    """
+    from worker.db.integration import DicomInstance
+
+    calling_ae = (
+        select(DicomInstance.calling_ae_title)
+        .where(DicomInstance.job_id == Job.id, DicomInstance.calling_ae_title.is_not(None))
+        .order_by(DicomInstance.received_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(Job, Image, Report, Prediction, calling_ae)
+        .join(Image, Image.id == Job.image_id)
+        .join(Report, Report.job_id == Job.id)
+        .join(Prediction, (Prediction.job_id == Job.id) & Prediction.shadow.is_(False))
+        .where(Job.id == job_id, Job.state == JobState.DONE.value)
         .order_by(Prediction.created_at.desc())
         .limit(1)
-    ).scalar_one_or_none()
-    if prediction is None:
+    ).one_or_none()
+    if row is None:
         return None
-    image = job.image
+    job, image, report, prediction, calling_ae_title = row
     metadata = ImageMetadata(**{field: getattr(image, field) for field in ImageMetadata.model_fields})
     return FinishedJob(
         job_id=job.id,
@@ -71,24 +84,12 @@ def load_finished_job(session: Session, job_id: str) -> FinishedJob | None:
         predicted_class=prediction.predicted_class,
         triage=TriageLevel(prediction.triage_level),
         image_usable=prediction.image_usable,
-        report_path=Path(job.report.path),
-        report_sha256=job.report.sha256,
+        report_path=Path(report.path),
+        report_sha256=report.sha256,
         archive_path=Path(image.archive_path) if image.archive_path else None,
         image_sha256=image.sha256,
         source_format=image.source_format,
         received_at=_aware(image.received_at),
         finished_at=_aware(job.finished_at),
-        calling_ae_title=_calling_ae_title(session, job_id),
+        calling_ae_title=calling_ae_title,
     )
-
-
-def _calling_ae_title(session: Session, job_id: str) -> str | None:
-    """The calling AE of the first DICOM arrival of this job (the receiver records it)."""
-    from worker.db.integration import DicomInstance
-
-    return session.execute(
-        select(DicomInstance.calling_ae_title)
-        .where(DicomInstance.job_id == job_id, DicomInstance.calling_ae_title.is_not(None))
-        .order_by(DicomInstance.received_at)
-        .limit(1)
-    ).scalar_one_or_none()
