@@ -26,8 +26,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("worker", "schemas")
 
-#: May import Celery (or kombu) themselves: the app factory, the worker's app, the tasks.
-CELERY_MODULES = frozenset({"worker.celery_app", "worker.celery_worker", "worker.tasks"})
+#: May import Celery (or kombu) themselves: the app factory, the worker's app, the tasks, the
+#: embedded broker's transport.
+CELERY_MODULES = frozenset({"worker.celery_app", "worker.celery_worker", "worker.tasks",
+                            "worker.filesystem_transport"})
 #: Entry points and edge adapters that wire the Celery layer to the outside world (the
 #: command line, the process supervisor, the client API, the hospital doors): they may reach
 #: Celery through the modules above, never import it themselves.

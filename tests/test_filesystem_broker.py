@@ -131,7 +131,7 @@ def test_an_existing_table_is_never_replaced(tmp_path):
 def _connection(broker: Path, polling_interval: float):
     from kombu import Connection
 
-    from worker.filesystem_broker import Transport
+    from worker.filesystem_transport import Transport
 
     (broker / "queue").mkdir(parents=True, exist_ok=True)
     prepare_control_folder(broker / "control", QUEUES)
@@ -149,7 +149,7 @@ def _queue():
 
 def test_create_app_uses_the_adaptive_transport_on_the_embedded_broker(tmp_path):
     from worker.celery_app import create_app
-    from worker.filesystem_broker import Transport
+    from worker.filesystem_transport import Transport
     from worker.settings import Settings
 
     app = create_app(Settings(home=tmp_path / "home"))
@@ -191,7 +191,7 @@ def test_an_idle_consumer_backs_off_and_still_receives(tmp_path, monkeypatch):
     import threading
     import time
 
-    from worker.filesystem_broker import Channel
+    from worker.filesystem_transport import Channel
 
     polls = []
     original = Channel._get

@@ -128,9 +128,19 @@ def test_dicom_and_http_doors_end_to_end_through_a_real_worker(hospital, tmp_pat
     assert answer.status_code == 201, answer.text
     http_job = answer.json()["job_id"]
 
-    # DICOM out: the PDF and the SR reach the PACS, in the input's study.
-    received = _wait(lambda: len(pacs.received()) >= 2 and pacs.received(), 120,
-                     "the result objects at storescp")
+    # DICOM out: the PDF and the SR reach the PACS, in the input's study (the HTTP job's
+    # results, a new study of their own, may arrive there too, before or after them).
+    def in_study() -> list[Path]:
+        found = []
+        for p in pacs.received():
+            try:
+                if dcmread(p).StudyInstanceUID == study_uid:
+                    found.append(p)
+            except Exception:  # noqa: BLE001 - storescp is still writing it: the next look
+                continue
+        return found
+
+    received = _wait(lambda: len(in_study()) >= 2 and in_study(), 120, "the result objects at storescp")
     datasets = {dcmread(p).SOPClassUID: (p, dcmread(p)) for p in received}
     assert set(datasets) == {ENCAPSULATED_PDF, COMPREHENSIVE_SR}
     for path, ds in datasets.values():

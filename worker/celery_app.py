@@ -23,7 +23,7 @@ from worker.queues import (
     RETRAIN_TASK,
     TRIAGE_QUEUE,
 )
-from worker.filesystem_broker import Transport as FilesystemTransport
+from worker.filesystem_transport import Transport as FilesystemTransport
 from worker.filesystem_broker import prepare_control_folder
 from worker.settings import Settings
 
@@ -43,7 +43,7 @@ def _transport_options(settings: Settings) -> dict:
             "processed_folder": str(settings.broker_dir / "processed"),
             "control_folder": str(settings.broker_dir / "control"),  # default: the cwd
             "store_processed": False,
-            # worker.filesystem_broker.Transport: 5 ms after a message, doubling while the
+            # worker.filesystem_transport.Transport: 5 ms after a message, doubling while the
             # queues stay empty, to at most this: an idle process polls 4x/s, and an image
             # waits at most this long in an idle queue; a freed prefetch slot polls at once.
             "polling_interval": 0.25,
