@@ -142,6 +142,21 @@ def test_when_every_source_has_room_the_threshold_rises_with_a_margin_and_within
     assert not free["capped"]
 
 
+def test_absolute_rule_takes_the_probability_every_source_needed_within_validation():
+    from worker.training.loso_policy import LosoPolicyError, loso_threshold
+
+    loso = _loso()  # a needs 0.5, b needs 0.05: the absolute threshold is 0.05
+    lower = loso_threshold(loso, 0.2, rule="absolute")  # below the version's own threshold: taken
+    assert lower["threshold"] == 0.05 and lower["rule"] == "absolute" and not lower["capped"]
+    assert lower["worst_heldout_sensitivity"] == 0.95 and lower["expected_specificity"] == 0.5
+    assert "absolute-threshold rule" in lower["sentence"]
+    assert loso_threshold(loso, 0.01, rule="absolute")["threshold"] == 0.01  # no ceiling: never up
+    up = loso_threshold(loso, 0.01, ceiling=0.03, rule="absolute")
+    assert up["threshold"] == 0.03 and up["capped"]
+    with pytest.raises(LosoPolicyError, match="rule"):
+        loso_threshold(loso, 0.01, rule="median")
+
+
 def test_rules_without_melanomas_are_undefined():
     folds = {"a": {"threshold": 0.1}}
     rules = worst_source_rules(folds, {"a": (np.zeros(5, int), np.linspace(0, 1, 5))})

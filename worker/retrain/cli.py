@@ -194,6 +194,10 @@ def models_apply_loso(
     version: Annotated[Optional[str], typer.Argument(help="Base version (default: current)")] = None,
     allow_other_recipe: Annotated[bool, typer.Option(
         "--allow-other-recipe", help="Apply a LOSO run of another recipe (input size, backbone)")] = False,
+    rule: Annotated[str, typer.Option(
+        "--rule", help="shift: the validation threshold moved by the worst source's logit shift; absolute: "
+                       "the probability every held-out source needed (both capped by the version's own "
+                       "validation)")] = "shift",
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -213,14 +217,15 @@ def models_apply_loso(
         command = "melanoma-triage models apply-loso " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         try:
             added, choice = apply_loso(ctx.store, base, load_loso(loso), command.strip(), allow_other_recipe,
-                                       ctx.settings.home / "loso-staging")
+                                       ctx.settings.home / "loso-staging", rule=rule)
         except (TriageError, LosoPolicyError) as exc:
             fail(str(exc))
     if as_json:
         emit_json({"added_version": added, "base_version": base, **choice})
         return
     typer.echo(f"urgent threshold {choice['base_threshold']:.4f} -> {choice['threshold']:.4f} "
-               f"(logit shift {choice['logit_shift']:+.3f}, set by {choice['worst_source']})")
+               f"({choice['rule']} rule, logit shift {choice['logit_shift']:+.3f}, set by {choice['worst_source']}"
+               f"{'; capped by its own validation' if choice['capped'] else ''})")
     typer.echo(choice["sentence"])
     for difference in choice["recipe_differences"]:
         typer.echo(f"  warning: {difference}")

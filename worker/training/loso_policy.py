@@ -56,32 +56,62 @@ def recipe_differences(loso: dict, base: ModelMetadata) -> list[str]:
     return out
 
 
-def loso_threshold(loso: dict, base_threshold: float, ceiling: float | None = None) -> dict:
+RULES = ("shift", "absolute")
+
+
+def loso_threshold(loso: dict, base_threshold: float, ceiling: float | None = None, rule: str = "shift") -> dict:
     """The urgent threshold for a version whose validation threshold is ``base_threshold``;
     ``ceiling``: the most its own validation allows (``urgent_melanoma_ceiling``; None: the
-    threshold is never raised)."""
+    threshold is never raised).
+
+    ``rule`` ``shift``: the validation threshold moved by the LOSO logit shift. ``absolute``:
+    the probability every held-out source in the rules needed (calibrated probabilities of
+    one recipe agree better at the tail than its validation thresholds do when a few
+    validation melanomas set those). Either way the own validation ceiling applies."""
     rules = loso.get("rules") or {}
     if not rules.get("defined"):
         raise LosoPolicyError(f"the LOSO run defines no threshold rule: {rules.get('reason', 'no rules')}")
-    shift = float(rules["shift"]["logit_shift"])
-    threshold = sigmoid(logit(base_threshold) + shift)
-    if shift > 0:  # raised no further than the version's own validation sensitivity 0.95 allows
-        threshold = max(float(base_threshold), min(threshold, ceiling if ceiling is not None else base_threshold))
-    per = rules["per_source"]
-    sens = [d["shift"]["sensitivity"] for d in per.values()
-            if d["shift"]["sensitivity"] is not None and d.get("in_rule", True)]
-    expected = rules["expected_at_new_site"]
+    if rule not in RULES:
+        raise LosoPolicyError(f"rule must be one of {RULES}, not {rule!r}")
+    base_threshold = float(base_threshold)
+    per = {s: d for s, d in rules["per_source"].items() if d.get("in_rule", True)}
+    if rule == "shift":
+        shift = float(rules["shift"]["logit_shift"])
+        wanted, worst = sigmoid(logit(base_threshold) + shift), rules["shift"]["worst_source"]
+    else:
+        wanted, worst = float(rules["absolute"]["threshold"]), rules["absolute"]["worst_source"]
+    threshold = wanted
+    if wanted > base_threshold:  # raised no further than the version's own validation allows
+        threshold = max(base_threshold, min(wanted, ceiling if ceiling is not None else base_threshold))
+    at = {s: d[rule] for s, d in per.items()}
+    sens = [d["sensitivity"] for d in at.values() if d["sensitivity"] is not None]
+    specs = {s: d["specificity"] for s, d in at.items() if d["specificity"] is not None}
+    expected_source = min(specs, key=specs.get) if specs else None
     return {
-        "threshold": threshold, "base_threshold": float(base_threshold), "logit_shift": shift,
-        "worst_source": rules["shift"]["worst_source"], "required_sensitivity": rules["target_sensitivity"],
+        "rule": rule, "threshold": threshold, "base_threshold": base_threshold,
+        "logit_shift": logit(threshold) - logit(base_threshold),
+        "worst_source": worst, "required_sensitivity": rules["target_sensitivity"],
         "worst_heldout_sensitivity": min(sens) if sens else None,
-        "expected_specificity": expected.get("specificity"),
-        "expected_specificity_source": expected.get("worst_source"),
-        "ceiling": ceiling, "capped": shift > 0 and threshold < sigmoid(logit(base_threshold) + shift) - 1e-12,
-        "rule": ("validation threshold moved by the worst held-out source's logit shift; raised only as far "
-                 "as every held-out source keeps sensitivity 0.97 and the version's validation keeps 0.95"),
-        "sentence": expected_specificity_line(loso),
+        "expected_specificity": specs.get(expected_source) if expected_source else None,
+        "expected_specificity_source": expected_source,
+        "ceiling": ceiling, "capped": threshold < wanted - 1e-12,
+        "rule_text": {"shift": "validation threshold moved by the worst held-out source's logit shift",
+                      "absolute": "the probability every held-out source in the rules needed"}[rule]
+                     + "; raised only as far as the version's own validation keeps sensitivity 0.95",
+        "sentence": _sentence(rule, rules, specs),
     }
+
+
+def _sentence(rule: str, rules: dict, specs: dict) -> str:
+    if rule == "shift":
+        return expected_specificity_line({"rules": rules})
+    if not specs:
+        return "expected specificity at a new site: unknown (no held-out source had melanomas)"
+    worst = min(specs, key=specs.get)
+    return (f"expected specificity at a new site: {specs[worst]:.2f} (worst held-out source, {worst}; "
+            f"{min(specs.values()):.2f}-{max(specs.values()):.2f} across the {len(specs)} held-out sources "
+            f"in the rules) at melanoma sensitivity >= {rules['target_sensitivity']:.2f} on every held-out "
+            f"source in the rules, with the absolute-threshold rule")
 
 
 def _render_card(folder: Path) -> None:
@@ -98,20 +128,20 @@ def _render_card(folder: Path) -> None:
 
 
 def apply_loso(store: ModelStore, version: str, loso: dict, command: str, allow_other_recipe: bool = False,
-               staging_root: Path | None = None) -> tuple[str, dict]:
+               staging_root: Path | None = None, rule: str = "shift") -> tuple[str, dict]:
     """(new version name, the choice): ``version``'s weights with the LOSO urgent threshold."""
     base = store.metadata(version)
     differences = recipe_differences(loso, base)
     if differences and not allow_other_recipe:
         raise LosoPolicyError("the LOSO run used another recipe than this version: " + "; ".join(differences))
-    choice = loso_threshold(loso, base.thresholds.urgent_melanoma, base.thresholds.urgent_melanoma_ceiling)
+    choice = loso_threshold(loso, base.thresholds.urgent_melanoma, base.thresholds.urgent_melanoma_ceiling, rule)
     choice |= {"recipe_differences": differences, "loso_created_at": loso.get("created_at"),
                "loso_command": loso.get("command")}
     thresholds = base.thresholds.model_copy(update={
         "urgent_melanoma": choice["threshold"], "urgent_sensitivity": choice["worst_heldout_sensitivity"],
         "urgent_specificity": choice["expected_specificity"]})
     notes = (f"{base.notes or ''}; urgent threshold {choice['base_threshold']:.4f} -> {choice['threshold']:.4f} "
-             f"by the LOSO worst-source rule (logit shift {choice['logit_shift']:+.3f}, set by "
+             f"by the LOSO {rule} rule (logit shift {choice['logit_shift']:+.3f}, set by "
              f"{choice['worst_source']}); same weights and temperature as {base.version}").lstrip("; ")
     name = derive_version(store, version, thresholds, kind=KIND, label="loso", provenance=choice, command=command, notes=notes,
                           extra_files={LOSO_FILE: json.dumps(loso, indent=1)}, finish=_render_card,

@@ -101,16 +101,19 @@ def loso_lines(loso: dict, meta: ModelMetadata | None = None) -> list[str]:
     applied = (meta.metrics.get("loso_threshold") if meta is not None else None) or {}
     lines = [
         "", "## A clinic the model has never seen: leave-one-source-out", "",
-        f"**{expected_specificity_line(loso)}**", "",
+        f"**{applied.get('sentence') or expected_specificity_line(loso)}**", "",
         "Per source, the recipe was trained on the other sources (lesion-grouped split, urgent threshold "
         "chosen on their pooled validation split) and scored on the held-out source (95% bootstrap CIs). "
         f"Recipe: `{json.dumps(loso.get('recipe', {}), sort_keys=True)}`; command: `{loso.get('command')}`.", "",
         loso_markdown(loso, sentence=False).rstrip(),
     ]
     if applied:
+        how = {"absolute": "set to the probability every held-out source in the rules needed"}.get(
+            applied.get("rule"), "moved by the worst-source rule")
         lines += ["", f"This version's urgent threshold {applied['threshold']:.4f} is its parent's validation "
-                  f"threshold {applied['base_threshold']:.4f} moved by the worst-source rule (logit shift "
-                  f"{applied['logit_shift']:+.3f}, set by {applied['worst_source']})."]
+                  f"threshold {applied['base_threshold']:.4f} {how} (logit shift "
+                  f"{applied['logit_shift']:+.3f}, set by {applied['worst_source']}"
+                  f"{'; capped by its own validation' if applied.get('capped') else ''})."]
     return lines
 
 
