@@ -22,12 +22,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VIEWS = {
-    1: [lambda x: x],
-    2: [lambda x: x, lambda x: x[:, :, ::-1]],
-    4: [lambda x: x, lambda x: x[:, :, ::-1], lambda x: x[:, ::-1], lambda x: x[:, ::-1, ::-1]],
-    8: [lambda x, k=k, f=f: np.rot90(x[:, :, ::-1] if f else x, k, axes=(1, 2)) for k in range(4) for f in (0, 1)],
-}
+#: The eight flips and quarter turns of an (n, h, w, 3) batch: index 2k + f is k turns of
+#: the image, left-right flipped first when f is 1 (index 5 is the up-down flip).
+DIHEDRAL = [lambda x, k=k, f=f: np.rot90(x[:, :, ::-1] if f else x, k, axes=(1, 2))
+            for k in range(4) for f in (0, 1)]
+#: Views averaged per count: as served; + left-right flip; + 180-degree turn and up-down flip; all.
+VIEWS = {1: [0], 2: [0, 1], 4: [0, 1, 4, 5], 8: list(range(8))}
 
 
 def main() -> None:
@@ -59,21 +59,15 @@ def main() -> None:
         _, held, _ = fold_rows(df, source)
         images = dataset.build_cache(held, meta.input_size, args.cache_dir, progress=False)
         y = held["melanoma"].to_numpy().astype(int)
-        per_view = [predict_logits(model, np.ascontiguousarray(v(images))) for v in VIEWS[8]]
+        per_view = [predict_logits(model, np.ascontiguousarray(view(images))) for view in DIHEDRAL]
         results[source] = {}
-        for n, views in VIEWS.items():
-            idx = [i for i, v in enumerate(VIEWS[8]) if any(_same(v, w) for w in views)] if n < 8 else range(8)
-            logits = np.mean([per_view[i] for i in idx], axis=0) if n < 8 else np.mean(per_view, axis=0)
+        for n, idx in VIEWS.items():
+            logits = np.mean([per_view[i] for i in idx], axis=0)
             p = softmax_t(logits, meta.temperature)[:, MELANOMA_INDEX]
             results[source][n] = float(roc_auc_score(y, p))
         print(f"{source:12} " + "  ".join(f"{n} view(s) AUC {auc:.4f}" for n, auc in results[source].items()),
               flush=True)
     print(json.dumps(results))
-
-
-def _same(a, b) -> bool:
-    probe = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
-    return np.array_equal(a(probe), b(probe))
 
 
 if __name__ == "__main__":

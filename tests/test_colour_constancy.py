@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -98,8 +99,6 @@ def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tm
 
     meta = ModelMetadata.model_validate_json((tiny_model_dir / "model.json").read_text())
     champion_dir = tmp_path / "champ"
-    import shutil
-
     shutil.copytree(tiny_model_dir, champion_dir)
     champ_recipe = recipe(TrainConfig(data=(), out=tmp_path, colour_constancy="shades_of_gray",
                                       augmentation="camera", epochs=8, limit=50))

@@ -7,13 +7,12 @@ The content record lives in :mod:`worker.report.content` and the drawing in
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import re
 import unicodedata
 
 from schemas import ImageMetadata
-from worker.durable import write_atomic
+from worker.durable import write_atomic, write_new
 from worker.report.content import ReportContent
 
 #: Longest identifier part and longest job-id part of a report file name.
@@ -61,21 +60,7 @@ def render_report(content: ReportContent, out_path: pathlib.Path, *, private: bo
     data = build_pdf(content)
     digest = hashlib.sha256(data).hexdigest()
     if private:
-        _write_new(out_path, data)
+        write_new(out_path, data)
     else:
         write_atomic(out_path, data)
     return digest
-
-
-def _write_new(path: pathlib.Path, data: bytes) -> None:
-    """Create ``path`` (never over an existing file), write, fsync; nothing left on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-

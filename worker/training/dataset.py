@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from schemas import CLASS_NAMES, MELANOMA_INDEX
 from worker.classify.preprocess import to_model_input
+from worker.training.config import AUGMENTATIONS
 
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -168,8 +169,8 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray | No
     (training only): ``standard`` or ``camera`` (:func:`camera_variation` too)."""
     import tensorflow as tf
 
-    if augmentation not in ("standard", "camera"):
-        raise ValueError(f"augmentation must be standard or camera, not {augmentation!r}")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {augmentation!r}")
     camera = augmentation == "camera"
 
     size = images.shape[1]
