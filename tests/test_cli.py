@@ -60,7 +60,7 @@ def test_every_typer_hides_local_variables_in_tracebacks():
     (("label-import",), "source", [s.value for s in TruthSource]),
     (("label",), "diagnosis", [c.value for c in LesionClass]),
     (("predict",), "fmt", ["jsonl", "table"]),
-    (("train",), "backbone", ["mobilenet", "lite0"]),
+    (("train",), "backbone", ["mobilenet", "lite0", "lite1", "lite2"]),
     (("train",), "lr_schedule", ["cosine", "plateau"]),
 ])
 def test_choices_are_enums_that_help_lists(path, option, choices):

@@ -60,20 +60,41 @@ def test_a_colour_constant_model_loads_plainly_and_litert_serves_it_the_same(tmp
 
 
 def test_camera_augmentation_varies_colour_and_borders_within_range():
-    from worker.training import dataset
+    from worker.training.augment import augmentation_layer
 
     imgs = np.repeat(_lesion_like(48).astype(np.uint8)[None], 16, axis=0)
-    masks = np.ones((16, 9), np.float32)
-    std = next(iter(dataset.make_dataset(imgs, masks, None, 16, True, 1, augmentation="standard")))[0].numpy()
-    cam = next(iter(dataset.make_dataset(imgs, masks, None, 16, True, 1, augmentation="camera")))[0].numpy()
+    std = np.asarray(augmentation_layer(48, "standard", 1)(imgs, training=True))
+    cam = np.asarray(augmentation_layer(48, "camera", 1)(imgs, training=True))
     for batch in (std, cam):
         assert batch.shape == (16, 48, 48, 3) and batch.min() >= 0 and batch.max() <= 255
+        assert len({b.tobytes() for b in batch}) == 16  # every image drew its own parameters
     # white balance: the red/blue ratio spreads more with camera variation
     def ratio_spread(b):
         return np.std(b[..., 0].mean(axis=(1, 2)) / b[..., 2].mean(axis=(1, 2)))
     assert ratio_spread(cam) > 1.5 * ratio_spread(std)
+    # outside training the layer only converts to float
+    same = np.asarray(augmentation_layer(48, "camera", 1)(imgs, training=False))
+    assert same.dtype == np.float32 and np.array_equal(same, imgs.astype(np.float32))
     with pytest.raises(ValueError, match="augmentation"):
-        dataset.make_dataset(imgs, masks, None, 16, True, augmentation="heavy")
+        augmentation_layer(48, "heavy", 1)
+
+
+def test_augmentation_geometry_is_an_exact_mirror_or_quarter_turn_at_its_extremes():
+    """With the small rotation, zoom and shift at zero, the warp is a dihedral symmetry: every
+    output is a permutation of the input's pixels (bilinear sampling hits pixel centres)."""
+    from keras import ops
+
+    from worker.training.augment import augmentation_layer
+
+    layer = augmentation_layer(24, "standard", 3)
+    img = np.arange(24 * 24 * 3, dtype=np.float32).reshape(1, 24, 24, 3) % 251
+    c = 11.5
+    for a0, a1, b0, b1, want in [(1, 0, 0, 1, img[0]), (-1, 0, 0, 1, img[0, :, ::-1]),
+                                 (0, -1, 1, 0, np.rot90(img[0], k=1))]:
+        t = np.array([[a0, a1, c - a0 * c - a1 * c, b0, b1, c - b0 * c - b1 * c, 0, 0]], np.float32)
+        out = np.asarray(ops.image.affine_transform(img, t, fill_mode="reflect"))[0]
+        assert np.allclose(out, want, atol=1e-3)
+    assert layer.size == 24
 
 
 def test_recipe_leaves_out_paths_and_older_records_compare_with_defaults(tmp_path):
@@ -113,3 +134,69 @@ def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tm
     assert req.options["epochs"] == 1  # the hospital's override wins
     assert "limit" not in req.options  # a smoke-run subset is never inherited
     assert "shades_of_gray" in req.command
+
+
+def _tiny_model(size: int):
+    import keras
+
+    inputs = keras.Input((size, size, 3), name="rgb")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(9)(x))
+
+
+def test_training_inputs_augment_only_the_training_batches_under_tensorflow():
+    from worker.training.augment import training_inputs
+
+    imgs = np.repeat(_lesion_like(24).astype(np.uint8)[None], 10, axis=0)
+    masks, weights = np.ones((10, 9), np.float32), np.ones(10, np.float32)
+    model = _tiny_model(24)
+    trainer, data = training_inputs(model, (imgs, masks, weights), (imgs[:4], masks[:4]), 5, "camera", 7)
+    assert trainer is model  # TensorFlow: augmentation in the input pipeline, the model trains as is
+    x, m, w = next(iter(data["x"]))
+    assert x.shape == (5, 24, 24, 3) and x.dtype == "float32" and w.shape == (5,)
+    assert not np.allclose(x.numpy(), imgs[:5])  # augmented
+    vx, _ = next(iter(data["validation_data"]))
+    assert np.array_equal(vx.numpy(), imgs[:4].astype(np.float32))  # validation untouched
+    trainer.compile(optimizer="adam", loss="mse")
+    trainer.fit(**data, epochs=1, verbose=0)
+
+
+def test_the_device_side_wrapper_shares_the_model_and_passes_through_outside_training():
+    from worker.training.augment import augmentation_layer, training_model
+
+    imgs = np.repeat(_lesion_like(24).astype(np.uint8)[None], 3, axis=0)
+    model = _tiny_model(24)
+    wrapper = training_model(model, augmentation_layer(24, "standard", 2))
+    assert wrapper.input.dtype == "uint8" and len(wrapper.trainable_weights) == len(model.trainable_weights)
+    assert np.allclose(wrapper.predict(imgs, verbose=0), model.predict(imgs.astype(np.float32), verbose=0),
+                       atol=1e-5)
+    trained = np.asarray(wrapper(imgs, training=True))
+    assert not np.allclose(trained, model.predict(imgs.astype(np.float32), verbose=0), atol=1e-5)
+
+
+def test_per_image_blur_equals_a_separable_zero_padded_gaussian():
+    from worker.training.augment import gaussian_blur
+
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 12, 10, 3)).astype(np.float32)
+    sigmas = np.array([0.6, 1.0, 1.6], np.float32)
+    got = np.asarray(gaussian_blur(x, sigmas.reshape(3, 1, 1, 1)))
+    for i, sigma in enumerate(sigmas):
+        k = np.exp(-0.5 * (np.arange(-3, 4) / sigma) ** 2)
+        k /= k.sum()
+        want = x[i]
+        for axis in (0, 1):
+            padded = np.pad(want, [(3, 3) if a == axis else (0, 0) for a in range(3)])
+            want = sum(k[j] * np.take(padded, range(j, j + want.shape[axis]), axis=axis) for j in range(7))
+        assert np.allclose(got[i], want, atol=1e-5)
+
+
+def test_saturation_and_hue_map_keeps_grey_grey_and_identity_at_rest():
+    from worker.training.augment import _yiq_bases
+
+    a, b, c = _yiq_bases()
+    assert np.allclose(a + b, np.eye(3), atol=1e-5)  # saturation 1, no turn: identity
+    grey = np.full((1, 3), 0.4, np.float32)
+    for s, t in [(0.8, 0.2), (1.2, -0.2)]:
+        m = a + s * np.cos(t) * b + s * np.sin(t) * c
+        assert np.allclose(grey @ m, grey, atol=1e-5)  # no chroma: nothing to scale or turn

@@ -67,8 +67,13 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = BATCH_SIZE)
     """Logits ``(n, 9)`` for a stack of model-size images ``(n, size, size, 3)`` (0..255).
 
     In batches through one traced function: ``model.predict`` has fixed per-call overhead
-    and a whole set at once would not fit in memory.
+    and a whole set at once would not fit in memory. Under another Keras backend (a GPU
+    training machine) ``model.predict`` does the batching.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return np.asarray(model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0))
     import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)

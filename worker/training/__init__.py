@@ -3,7 +3,7 @@
 * data: ``manifest`` (one row per image file, every layout), ``datachecks`` (duplicates,
   conflicts, resolution), ``split`` (leak-free train/val/test), ``dataset`` (decoded-image
   cache, partial-label targets, tf.data);
-* model: ``network`` and ``lite0`` (backbones, loss), ``config`` (``TrainConfig``: a run and
+* model: ``network`` and ``efficientnet_lite`` (backbones, loss), ``config`` (``TrainConfig``: a run and
   its defaults), ``train`` (one run, from folders or a resolved manifest), ``calibration``
   (temperature and operating points);
 * reporting: ``metrics`` (every number), ``figures``, ``evaluation_report`` (the PDF),

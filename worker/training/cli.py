@@ -16,10 +16,14 @@ import typer
 
 from worker.cli_output import ExitCode, emit_json, fail, progress, stdout_as_log
 from worker.training.config import AUGMENTATIONS, COLOUR_CONSTANCY, LR_SCHEDULES, default
-from worker.training.network import BACKBONES, DEFAULT_UNFREEZE, DEFAULT_WEIGHTS, IMAGENET, LITE0_WEIGHTS
+from worker.training.efficientnet_lite import VARIANTS, native_size
+from worker.training.network import BACKBONES, DEFAULT_UNFREEZE, DEFAULT_WEIGHTS, IMAGENET
 
 #: ``--backbone`` choices (``--help`` lists them).
 Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str)
+#: Where ``--weights imagenet`` looks for a Lite backbone's file, and the Lite ImageNet sizes.
+LITE_WEIGHTS_PATTERN = "runs/weights/efficientnet_<backbone>_imagenet.npz"
+LITE_SIZES = "ImageNet input size: " + ", ".join(f"{v} {native_size(v)}" for v in VARIANTS)
 #: ``--lr-schedule`` choices.
 LrSchedule = Enum("LrSchedule", {name.upper(): name for name in LR_SCHEDULES}, type=str)
 #: ``--colour-constancy`` and ``--augmentation`` choices.
@@ -51,9 +55,9 @@ def train_command(
                                help="maximum fine-tuning epochs (early stopping may end sooner)"),
     head_epochs: int = typer.Option(default("head_epochs"), help="epochs with the pretrained base frozen"),
     input_size: int = typer.Option(default("input_size"), help="square input size in pixels"),
-    backbone: Backbone = typer.Option(default("backbone"), help="network architecture"),
+    backbone: Backbone = typer.Option(default("backbone"), help=f"network architecture ({LITE_SIZES})"),
     weights: str = typer.Option(default("weights"), help=f"'{IMAGENET}' (the backbone's ImageNet file: "
-                                f"{DEFAULT_WEIGHTS} or {LITE0_WEIGHTS}), a path, or 'none'"),
+                                f"{DEFAULT_WEIGHTS} or {LITE_WEIGHTS_PATTERN}), a path, or 'none'"),
     seed: int = typer.Option(default("seed")),
     resume: bool = typer.Option(default("resume"), help="continue from OUT/checkpoints"),
     batch_size: int = typer.Option(default("batch_size")),

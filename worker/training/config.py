@@ -13,16 +13,16 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from worker.training import network
+from worker.training import augment, network
 
 #: Fine-tuning learning-rate schedules ``train.fit`` knows.
 LR_SCHEDULES = ("cosine", "plateau")
 #: Colour constancy inside the network (``network.COLOUR_CONSTANCY``): the same in training
 #: and serving because it is part of the model file.
 COLOUR_CONSTANCY = network.COLOUR_CONSTANCY
-#: Training augmentation: ``standard`` (geometry, mild colour) or ``camera`` (also white
-#: balance, exposure curve, blur and circular dermoscope borders).
-AUGMENTATIONS = ("standard", "camera")
+#: Training augmentation (:mod:`worker.training.augment`): ``standard`` (geometry, mild
+#: colour) or ``camera`` (also white balance, exposure curve, blur and dermoscope borders).
+AUGMENTATIONS = augment.AUGMENTATIONS
 
 
 @dataclass(frozen=True)

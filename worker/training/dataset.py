@@ -1,9 +1,9 @@
-"""Decoded-image cache, partial-label targets and the tf.data pipelines.
+"""Decoded-image cache, partial-label targets and sample weights.
 
 Every image is decoded once (EXIF orientation applied, RGB) and resized with
 :func:`worker.classify.preprocess.to_model_input` -- the same resize inference uses -- into
 one uint8 array kept under ``runs/cache/`` keyed by manifest hash and input size.
-Augmentation happens on the fly in tf.data, on the training split only.
+Augmentation works on whole batches (:mod:`worker.training.augment`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 
 from schemas import CLASS_NAMES, MELANOMA_INDEX
 from worker.classify.preprocess import to_model_input
-from worker.training.config import AUGMENTATIONS
 
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -95,94 +94,3 @@ def sample_weights(masks: np.ndarray, power: float = 0.5) -> np.ndarray:
     counts = pd.Series(keys).value_counts()
     w = np.array([(len(keys) / (len(counts) * counts[k])) ** power for k in keys], dtype=np.float32)
     return w / w.mean()
-
-
-def camera_variation(x, size: int):
-    """What another dermoscope, lamp or clinic does to an image in 0..1 (float32, HxWx3).
-
-    White balance (a gain per channel), an exposure curve (gamma), sometimes defocus (a
-    Gaussian blur) and sometimes the dark circular border of a contact dermoscope, with a
-    random radius and centre. Applied after the mild colour jitter of :func:`augment`.
-    """
-    import tensorflow as tf
-
-    x = x * tf.random.uniform([1, 1, 3], 0.8, 1.2)
-    x = tf.pow(tf.clip_by_value(x, 1e-4, 1.0), tf.random.uniform([], 0.75, 1.35))
-
-    def blur(img):
-        sigma = tf.random.uniform([], 0.6, 1.6)
-        k = tf.exp(-0.5 * tf.square(tf.range(-3.0, 4.0) / sigma))
-        k = k / tf.reduce_sum(k)
-        kernel = tf.tile((k[:, None] * k[None, :])[:, :, None, None], [1, 1, 3, 1])
-        return tf.nn.depthwise_conv2d(img[None], kernel, [1, 1, 1, 1], "SAME")[0]
-
-    x = tf.cond(tf.random.uniform([]) < 0.25, lambda: blur(x), lambda: x)
-
-    def border(img):
-        yy, xx = tf.meshgrid(tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32),
-                             indexing="ij")
-        cy = size / 2.0 + tf.random.uniform([], -0.08, 0.08) * size
-        cx = size / 2.0 + tf.random.uniform([], -0.08, 0.08) * size
-        radius = tf.random.uniform([], 0.5, 0.75) * size
-        dist = tf.sqrt(tf.square(yy - cy) + tf.square(xx - cx))
-        inside = tf.clip_by_value((radius - dist) / (0.03 * size) + 0.5, 0.0, 1.0)[:, :, None]
-        return img * inside + tf.random.uniform([], 0.0, 0.12) * (1.0 - inside)
-
-    return tf.cond(tf.random.uniform([]) < 0.3, lambda: border(x), lambda: x)
-
-
-def augment(image, seed_size: int, camera: bool = False):
-    """Random geometry and colour for one uint8 image tensor -> float32 0..255; ``camera``:
-    also :func:`camera_variation`."""
-    import tensorflow as tf
-
-    size = seed_size
-    x = tf.cast(image, tf.float32)
-    x = tf.image.random_flip_left_right(x)
-    x = tf.image.random_flip_up_down(x)
-    x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-    # Small rotation + random scale (zoom 0.85-1.15) in one projective transform.
-    angle = tf.random.uniform([], -0.35, 0.35)
-    scale = tf.random.uniform([], 0.85, 1.15)
-    c = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    tx = tf.random.uniform([], -0.06, 0.06) * size
-    ty = tf.random.uniform([], -0.06, 0.06) * size
-    transform = tf.stack([cos, -sin, c - cos * c + sin * c + tx,
-                          sin, cos, c - sin * c - cos * c + ty, 0.0, 0.0])
-    x = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[None], transforms=transform[None], output_shape=tf.constant([size, size]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
-    x = x / 255.0
-    x = tf.image.random_brightness(x, 0.12)
-    x = tf.image.random_contrast(x, 0.8, 1.2)
-    x = tf.image.random_saturation(x, 0.8, 1.2)
-    x = tf.image.random_hue(x, 0.03)
-    if camera:
-        x = camera_variation(tf.clip_by_value(x, 0.0, 1.0), size)
-    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
-
-
-def make_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray | None,
-                 batch_size: int, training: bool, seed: int = 0, augmentation: str = "standard"):
-    """Batched (image float32 0..255, mask[, weight]) pipeline with prefetch; ``augmentation``
-    (training only): ``standard`` or ``camera`` (:func:`camera_variation` too)."""
-    import tensorflow as tf
-
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {augmentation!r}")
-    camera = augmentation == "camera"
-
-    size = images.shape[1]
-    tensors = (images, masks) if weights is None else (images, masks, weights)
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-
-        def aug(img, *rest):
-            return (augment(img, size, camera), *rest)
-
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    else:
-        ds = ds.map(lambda img, *rest: (tf.cast(img, tf.float32), *rest))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,7 +1,8 @@
 """The classifier network: an ImageNet backbone, a dropout + Dense(9) logits head.
 
-Backbones: ``mobilenet`` (MobileNet alpha 0.25, Keras ImageNet ``.h5``) and ``lite0``
-(EfficientNet-Lite0, :mod:`worker.training.lite0`, weights converted to ``.npz``).
+Backbones: ``mobilenet`` (MobileNet alpha 0.25, Keras ImageNet ``.h5``) and ``lite0``,
+``lite1``, ``lite2`` (EfficientNet-Lite, :mod:`worker.training.efficientnet_lite`, weights
+converted to ``.npz``).
 Pixel scaling sits inside the model (a ``Rescaling`` layer with the backbone's own
 normalisation), so the model file alone defines its input: float RGB 0..255 of
 ``(size, size, 3)``. The head outputs **logits**; calibrated probabilities are
@@ -17,17 +18,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas import CLASS_NAMES, MELANOMA_INDEX
+from worker.training import efficientnet_lite
 
 #: ImageNet weights shipped in the shared folder (sha256 dbdb03ee...).
 DEFAULT_WEIGHTS = Path("../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
-#: EfficientNet-Lite0 ImageNet weights, made by ``scripts/fetch_lite0_weights.sh``.
-LITE0_WEIGHTS = Path("runs/weights/efficientnet_lite0_imagenet.npz")
-BACKBONES = ("mobilenet", "lite0")
-#: Where phase 2 starts fine-tuning when the caller does not say (a layer-name prefix).
-DEFAULT_UNFREEZE = {"mobilenet": "conv_dw_4", "lite0": "block4a"}
+#: EfficientNet-Lite ImageNet weights per variant, made by ``scripts/fetch_lite_weights.sh``.
+LITE_WEIGHTS = {variant: Path(f"runs/weights/efficientnet_{variant}_imagenet.npz")
+                for variant in efficientnet_lite.VARIANTS}
+LITE0_WEIGHTS = LITE_WEIGHTS["lite0"]
+BACKBONES = ("mobilenet", *efficientnet_lite.VARIANTS)
+#: Where phase 2 starts fine-tuning when the caller does not say (a layer-name prefix). Every
+#: Lite variant has 7 stages named alike, so "block4a" is the start of stage 4 in each.
+DEFAULT_UNFREEZE = {"mobilenet": "conv_dw_4", **{variant: "block4a" for variant in efficientnet_lite.VARIANTS}}
 IMAGENET = "imagenet"
 #: Human-readable backbone names for model.json notes and the model card.
-BACKBONE_TITLES = {"mobilenet": "MobileNet alpha 0.25", "lite0": "EfficientNet-Lite0"}
+BACKBONE_TITLES = {"mobilenet": "MobileNet alpha 0.25", **efficientnet_lite.TITLES}
 BASE_NAME = "backbone"
 #: ``colour_constancy`` choices; ``shades_of_gray`` uses the Minkowski norm of this order
 #: (Finlayson & Trezzi 2004; p = 6 as in the ISIC 2018/2019 winning pipelines).
@@ -40,12 +45,17 @@ def resolve_weights(weights: str | Path | None, backbone: str) -> Path | None:
     if weights is None or str(weights).lower() == "none":
         return None
     if str(weights) == IMAGENET:
-        return DEFAULT_WEIGHTS if backbone == "mobilenet" else LITE0_WEIGHTS
+        return DEFAULT_WEIGHTS if backbone == "mobilenet" else LITE_WEIGHTS[backbone]
     return Path(weights)
 
 
 def configure_threads(threads: int) -> None:
-    """Pin TensorFlow's thread pools (before the first op)."""
+    """Pin TensorFlow's thread pools (before the first op); other Keras backends (JAX or
+    PyTorch on a GPU machine) keep their own."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
     import tensorflow as tf
 
     try:
@@ -83,13 +93,12 @@ def build_network(input_size: int, weights: str | Path | None, dropout: float = 
         base = keras.applications.MobileNet(input_shape=shape, alpha=0.25, include_top=False,
                                             weights=str(weights) if weights is not None else None)
         scale, offset = 1.0 / 127.5, -1.0
-    elif backbone == "lite0":
-        from worker.training import lite0
-
-        base = lite0.build_lite0(shape)
+    elif backbone in efficientnet_lite.VARIANTS:
+        base = efficientnet_lite.build_lite(backbone, shape)
         if weights is not None:
-            lite0.load_lite0_weights(base, weights)
-        scale, offset = 1.0 / lite0.INPUT_STD, -lite0.INPUT_MEAN / lite0.INPUT_STD
+            efficientnet_lite.load_lite_weights(base, weights)
+        scale = 1.0 / efficientnet_lite.INPUT_STD
+        offset = -efficientnet_lite.INPUT_MEAN / efficientnet_lite.INPUT_STD
     else:
         raise ValueError(f"backbone must be one of {BACKBONES}, not {backbone!r}")
     base.name = BASE_NAME

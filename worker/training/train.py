@@ -98,16 +98,25 @@ def cosine_lr(peak: float, epoch: int, epochs: int, floor: float = 0.02) -> floa
     return float(peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))))
 
 
-def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
-    """Phase 1 (frozen base) then phase 2 (fine-tuning); resumable from ``checkpoints/``."""
+def fit(cfg: TrainConfig, model, arrays: SplitArrays) -> None:
+    """Phase 1 (frozen base) then phase 2 (fine-tuning); resumable from ``checkpoints/``.
+
+    The augmentation runs where :func:`worker.training.augment.training_inputs` puts it for
+    the Keras backend; ``trainer`` is what ``fit`` trains and the checkpoints hold (``model``
+    itself, or a wrapper sharing its layers)."""
     import keras
 
+    from worker.training.augment import training_inputs
+
+    trainer, data = training_inputs(model, arrays.training(),
+                                    (arrays.images[arrays.val], arrays.masks[arrays.val]),
+                                    cfg.batch_size, cfg.augmentation, cfg.seed)
     ckpt = cfg.out / CHECKPOINT_DIR
     ckpt.mkdir(parents=True, exist_ok=True)
     state = {"phase": 1, "epoch": 0, "best_val_loss": math.inf}
     if cfg.resume and (ckpt / STATE_FILE).is_file():
         state = json.loads((ckpt / STATE_FILE).read_text())
-        model.load_weights(ckpt / LAST_WEIGHTS)
+        trainer.load_weights(ckpt / LAST_WEIGHTS)
         _say(f"resuming: phase {state['phase']}, {state['epoch']} epochs done")
     elif (ckpt / LOG_FILE).exists():
         (ckpt / LOG_FILE).unlink()
@@ -118,7 +127,7 @@ def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
         if state["phase"] > phase:
             continue  # finished before the interruption
         network.set_trainable(model, phase, cfg.unfreeze_from or network.DEFAULT_UNFREEZE[cfg.backbone])
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=network.partial_label_loss,
+        trainer.compile(optimizer=keras.optimizers.Adam(lr), loss=network.partial_label_loss,
                       metrics=[network.melanoma_auc_metric(), network.allowed_accuracy_metric()],
                       jit_compile=cfg.jit_compile)
         initial = state["epoch"] if state["phase"] == phase else phases[phase - 2][1]
@@ -144,10 +153,10 @@ def fit(cfg: TrainConfig, model, train_ds, val_ds) -> None:
         if initial < end_epoch:
             _say(f"phase {phase}: epochs {initial + 1}..{end_epoch}, lr {lr:g}"
                  f"{' (cosine)' if phase == 2 and cfg.lr_schedule == 'cosine' else ''}")
-            model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=initial,
-                      callbacks=callbacks, verbose=verbose)
+            trainer.fit(**data, epochs=end_epoch, initial_epoch=initial, callbacks=callbacks,
+                        verbose=verbose)
         if (ckpt / BEST_WEIGHTS).is_file():
-            model.load_weights(ckpt / BEST_WEIGHTS)  # best of every epoch so far, both phases
+            trainer.load_weights(ckpt / BEST_WEIGHTS)  # best of every epoch so far, both phases
         state = {"phase": phase + 1, "epoch": end_epoch, "best_val_loss": best[0]}
         (ckpt / STATE_FILE).write_text(json.dumps(state))
 
@@ -198,13 +207,10 @@ class SplitArrays:
                    melanoma=df["melanoma"].to_numpy().astype(int), train=train, val=sub == "val",
                    test=sub == "test")
 
-    def datasets(self, cfg: TrainConfig):
-        """(training pipeline: shuffled, augmented, weighted; validation pipeline)."""
-        weights = dataset.sample_weights(self.masks[self.train])
-        train_ds = dataset.make_dataset(self.images[self.train], self.masks[self.train], weights,
-                                        cfg.batch_size, True, cfg.seed, augmentation=cfg.augmentation)
-        val_ds = dataset.make_dataset(self.images[self.val], self.masks[self.val], None, 64, False)
-        return train_ds, val_ds
+    def training(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The training rows: uint8 images, label masks and softened inverse-frequency weights."""
+        masks = self.masks[self.train]
+        return self.images[self.train], masks, dataset.sample_weights(masks)
 
 
 def train(cfg: TrainConfig, manifest: pd.DataFrame | None = None) -> ModelMetadata:
@@ -232,7 +238,7 @@ def train(cfg: TrainConfig, manifest: pd.DataFrame | None = None) -> ModelMetada
     start_weights = network.resolve_weights(cfg.weights, cfg.backbone)
     model = network.build_network(cfg.input_size, start_weights, backbone=cfg.backbone,
                                   colour_constancy=cfg.colour_constancy)
-    fit(cfg, model, *arrays.datasets(cfg))
+    fit(cfg, model, arrays)
     train_seconds = time.time() - t0
 
     _say("calibration on the validation split")
