@@ -62,6 +62,7 @@ def test_every_typer_hides_local_variables_in_tracebacks():
     (("predict",), "fmt", ["jsonl", "table"]),
     (("train",), "backbone", ["mobilenet", "lite0", "lite1", "lite2"]),
     (("train",), "lr_schedule", ["cosine", "plateau"]),
+    (("models", "apply-loso"), "rule", ["shift", "absolute"]),
 ])
 def test_choices_are_enums_that_help_lists(path, option, choices):
     enum = _option(_command(*path), option).type_descriptor.annotation

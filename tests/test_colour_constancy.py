@@ -82,58 +82,16 @@ def test_camera_augmentation_varies_colour_and_borders_within_range():
 def test_augmentation_geometry_is_an_exact_mirror_or_quarter_turn_at_its_extremes():
     """With the small rotation, zoom and shift at zero, the warp is a dihedral symmetry: every
     output is a permutation of the input's pixels (bilinear sampling hits pixel centres)."""
-    from keras import ops
+    from worker.training.augment import warp
 
-    from worker.training.augment import augmentation_layer
-
-    layer = augmentation_layer(24, "standard", 3)
     img = np.arange(24 * 24 * 3, dtype=np.float32).reshape(1, 24, 24, 3) % 251
-    c = 11.5
-    for a0, a1, b0, b1, want in [(1, 0, 0, 1, img[0]), (-1, 0, 0, 1, img[0, :, ::-1]),
-                                 (0, -1, 1, 0, np.rot90(img[0], k=1))]:
-        t = np.array([[a0, a1, c - a0 * c - a1 * c, b0, b1, c - b0 * c - b1 * c, 0, 0]], np.float32)
-        out = np.asarray(ops.image.affine_transform(img, t, fill_mode="reflect"))[0]
+    zero = np.zeros(1, np.float32)
+    for linear, want in [((1, 0, 0, 1), img[0]), ((-1, 0, 0, 1), img[0, :, ::-1]),
+                         ((0, -1, 1, 0), np.rot90(img[0], k=1))]:
+        out = np.asarray(warp(img, tuple(np.float32([v]) for v in linear), zero, zero, 24))[0]
         assert np.allclose(out, want, atol=1e-3)
-    assert layer.size == 24
-
-
-def test_recipe_leaves_out_paths_and_older_records_compare_with_defaults(tmp_path):
-    cfg = TrainConfig(data=(tmp_path,), out=tmp_path / "v", colour_constancy="shades_of_gray")
-    rec = recipe(cfg)
-    assert rec["colour_constancy"] == "shades_of_gray" and "out" not in rec and "data" not in rec
-    json.dumps(rec)  # JSON-ready
-    older = {k: v for k, v in recipe(TrainConfig(data=(), out=tmp_path)).items()
-             if k not in ("colour_constancy", "augmentation")}  # made before these fields existed
-    assert same_recipe(older, recipe(TrainConfig(data=(), out=tmp_path / "x")))
-    assert not same_recipe(older, rec)
-    with pytest.raises(ValueError, match="colour_constancy"):
-        network.build_network(32, None, colour_constancy="retinex")
-
-
-def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tmp_path, tiny_model_dir):
-    from types import SimpleNamespace
-
-    from schemas import ModelMetadata
-    from tests.conftest import make_settings
-    from worker.retrain.cycle import _train_request
-    from worker.store.versions import ModelStore
-
-    meta = ModelMetadata.model_validate_json((tiny_model_dir / "model.json").read_text())
-    champion_dir = tmp_path / "champ"
-    shutil.copytree(tiny_model_dir, champion_dir)
-    champ_recipe = recipe(TrainConfig(data=(), out=tmp_path, colour_constancy="shades_of_gray",
-                                      augmentation="camera", epochs=8, limit=50))
-    (champion_dir / "model.json").write_text(meta.model_copy(update={"recipe": champ_recipe}).model_dump_json())
-    store = ModelStore(tmp_path / "store")
-    champion = store.add_version(champion_dir)
-    run = SimpleNamespace(settings=make_settings(tmp_path / "home", retrain_train_args={"epochs": 1}),
-                          champion=champion, store=store, run_id=7, trigger="test",
-                          challenger_dir=tmp_path / "challenger", cache_dir=tmp_path / "cache")
-    req = _train_request(run, rows=None)
-    assert req.options["colour_constancy"] == "shades_of_gray" and req.options["augmentation"] == "camera"
-    assert req.options["epochs"] == 1  # the hospital's override wins
-    assert "limit" not in req.options  # a smoke-run subset is never inherited
-    assert "shades_of_gray" in req.command
+    shifted = np.asarray(warp(img, tuple(np.float32([v]) for v in (1, 0, 0, 1)), zero + 2, zero, 24))[0]
+    assert np.allclose(shifted[:, :-2], img[0, :, 2:], atol=1e-3)  # x_in = x_out + 2
 
 
 def _tiny_model(size: int):

@@ -90,7 +90,7 @@ def test_stage_tables_match_the_checkpoints():
         table = lite.stages(variant)
         assert tuple((s[3], s[4]) for s in table) == expected, variant
         assert tuple((s[0], s[1]) for s in table) == EXPAND_KERNEL
-    assert lite.stages("lite0") == lite.STAGES and lite.BLOCK_PREFIXES == lite.block_prefixes("lite0")
+    assert lite.stages("lite0") == lite.STAGES and len(lite.block_prefixes("lite0")) == 16
     assert [lite.native_size(v) for v in lite.VARIANTS] == [224, 240, 260]
     assert lite.round_filters(112, 1.1) == 120 and lite.round_filters(40, 1.1) == 48
     with pytest.raises(ValueError, match="lite9"):
@@ -98,9 +98,9 @@ def test_stage_tables_match_the_checkpoints():
 
 
 def test_layer_names_follow_the_block_table():
-    model = lite.build_lite0((32, 32, 3))
+    model = lite.build_lite("lite0", (32, 32, 3))
     names = [layer.name for layer in model.layers]
-    assert len(lite.BLOCK_PREFIXES) == sum(stage[4] for stage in lite.STAGES) == 16
+    assert len(lite.block_prefixes("lite0")) == sum(stage[4] for stage in lite.STAGES) == 16
     assert "block1a_expand_conv" not in names  # expand ratio 1: no expansion
     assert lite.first_layer_name("block5a") == "block5a_expand_conv" in names
     assert model.output_shape == (None, 1, 1, lite.HEAD_FILTERS)  # stride 32
@@ -164,29 +164,29 @@ def _randomised(model):
 
 
 def test_npz_weights_round_trip_and_mismatches_are_refused(tmp_path):
-    src = _randomised(lite.build_lite0((32, 32, 3)))
+    src = _randomised(lite.build_lite("lite0", (32, 32, 3)))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     _save_npz(src, tmp_path / "w.npz")
-    dst = lite.build_lite0((32, 32, 3))
+    dst = lite.build_lite("lite0", (32, 32, 3))
     assert not np.allclose(src(x), dst(x))
-    n = lite.load_lite0_weights(dst, tmp_path / "w.npz")
+    n = lite.load_lite_weights(dst, tmp_path / "w.npz")
     assert n == sum(len(layer.weights) for layer in src.layers)
     np.testing.assert_allclose(src(x), dst(x), rtol=1e-5, atol=1e-5)
 
     _save_npz(src, tmp_path / "missing.npz", drop="head_bn/gamma")
     with pytest.raises(ValueError, match="head_bn/gamma"):
-        lite.load_lite0_weights(dst, tmp_path / "missing.npz")
+        lite.load_lite_weights(dst, tmp_path / "missing.npz")
     _save_npz(src, tmp_path / "extra.npz", extra=True)
     with pytest.raises(ValueError, match="block9z_dwconv/kernel"):
-        lite.load_lite0_weights(dst, tmp_path / "extra.npz")
+        lite.load_lite_weights(dst, tmp_path / "extra.npz")
     with pytest.raises(FileNotFoundError):
-        lite.load_lite0_weights(dst, tmp_path / "absent.npz")
+        lite.load_lite_weights(dst, tmp_path / "absent.npz")
 
 
 def test_network_scales_pixels_and_unfreezes_from_a_block_prefix(tmp_path):
     import keras
 
-    base = lite.build_lite0((32, 32, 3))
+    base = lite.build_lite("lite0", (32, 32, 3))
     _save_npz(base, tmp_path / "w.npz")
     model = network.build_network(32, tmp_path / "w.npz", backbone="lite0")
     assert model.output_shape == (None, len(CLASS_NAMES))
@@ -206,7 +206,7 @@ def test_network_scales_pixels_and_unfreezes_from_a_block_prefix(tmp_path):
 
 def test_resolve_weights_per_backbone():
     assert network.resolve_weights("imagenet", "mobilenet") == network.DEFAULT_WEIGHTS
-    assert network.resolve_weights("imagenet", "lite0") == network.LITE0_WEIGHTS
+    assert network.resolve_weights("imagenet", "lite0") == network.LITE_WEIGHTS["lite0"]
     assert network.resolve_weights("none", "lite0") is None and network.resolve_weights(None, "x") is None
     assert str(network.resolve_weights("w/x.npz", "lite0")) == "w/x.npz"
 

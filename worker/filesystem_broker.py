@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 
 #: Exchanges Celery itself binds: remote control (pidbox) and its replies, and events.

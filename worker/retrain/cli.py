@@ -10,6 +10,7 @@ and make the home ready first, as every writing command does.
 from __future__ import annotations
 
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -17,6 +18,10 @@ import typer
 from schemas import LesionClass, ModelAction, RetrainState, TruthSource
 from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
 from worker.cli_output import ExitCode, emit_json, fail, progress, stdout_as_log
+from worker.training.loso_report import RULES
+
+#: ``models apply-loso --rule`` choices (``--help`` lists them).
+LosoRule = Enum("LosoRule", {name.upper(): name for name in RULES}, type=str)
 
 models_app = typer.Typer(help="The model store: versions, promotion, rollback.",
                          pretty_exceptions_show_locals=False, no_args_is_help=True)
@@ -194,10 +199,10 @@ def models_apply_loso(
     version: Annotated[Optional[str], typer.Argument(help="Base version (default: current)")] = None,
     allow_other_recipe: Annotated[bool, typer.Option(
         "--allow-other-recipe", help="Apply a LOSO run of another recipe (input size, backbone)")] = False,
-    rule: Annotated[str, typer.Option(
+    rule: Annotated[LosoRule, typer.Option(
         "--rule", help="shift: the validation threshold moved by the worst source's logit shift; absolute: "
                        "the probability every held-out source needed (both capped by the version's own "
-                       "validation)")] = "shift",
+                       "validation)")] = LosoRule.SHIFT,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -217,7 +222,7 @@ def models_apply_loso(
         command = "melanoma-triage models apply-loso " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         try:
             added, choice = apply_loso(ctx.store, base, load_loso(loso), command.strip(), allow_other_recipe,
-                                       ctx.settings.home / "loso-staging", rule=rule)
+                                       ctx.settings.home / "loso-staging", rule=LosoRule(rule).value)
         except (TriageError, LosoPolicyError) as exc:
             fail(str(exc))
     if as_json:

@@ -55,6 +55,22 @@ def gaussian_blur(x, sigma):
     return ops.transpose(ops.reshape(y, (height, width, n, 3)), (2, 0, 1, 3))
 
 
+def warp(x, linear: tuple, tx, ty, size: int):
+    """Bilinear affine warp of a batch about the image centre, reflect fill.
+
+    ``linear = (a0, a1, b0, b1)`` maps output to input coordinates (``x_in = a0 x + a1 y``,
+    ``y_in = b0 x + b1 y`` relative to the centre), then shifted by ``tx``, ``ty`` pixels;
+    one value per image each."""
+    from keras import ops
+
+    a0, a1, b0, b1 = linear
+    c = (size - 1) / 2.0
+    zeros = ops.zeros_like(a0)
+    transform = ops.stack([a0, a1, c - a0 * c - a1 * c + tx,
+                           b0, b1, c - b0 * c - b1 * c + ty, zeros, zeros], axis=1)
+    return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="reflect")
+
+
 def _yiq_bases():
     """Constant 3x3 matrices A, B, C with ``A + c B + d C`` = RGB -> YIQ, chroma (I, Q) scaled
     by ``s`` and turned by ``theta`` (c = s cos theta, d = s sin theta), -> RGB."""
@@ -107,25 +123,16 @@ def _make_layer_class():
             return ops.clip(x, 0.0, 1.0) * 255.0
 
         def geometry(self, x, n):
-            """Mirror, quarter turns, small rotation, zoom and shift as one affine warp.
-
-            The transform maps output to input coordinates (``x_in = a0 x + a1 y + a2``,
-            ``y_in = b0 x + b1 y + b2``) about the image centre."""
+            """Mirror, quarter turns, small rotation, zoom and shift as one affine warp."""
             seed = self.seed_generator
             quarter = ops.floor(keras.random.uniform((n,), 0.0, 4.0, seed=seed))
             angle = quarter * (math.pi / 2) + keras.random.uniform((n,), -0.35, 0.35, seed=seed)
             scale = keras.random.uniform((n,), 0.85, 1.15, seed=seed)
             mirror = ops.where(keras.random.uniform((n,), seed=seed) < 0.5, -1.0, 1.0)
             cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
-            a0, a1, b0, b1 = cos * mirror, -sin, sin * mirror, cos
-            c = (self.size - 1) / 2.0
             tx = keras.random.uniform((n,), -0.06, 0.06, seed=seed) * self.size
             ty = keras.random.uniform((n,), -0.06, 0.06, seed=seed) * self.size
-            zeros = ops.zeros_like(a0)
-            transform = ops.stack([a0, a1, c - a0 * c - a1 * c + tx,
-                                   b0, b1, c - b0 * c - b1 * c + ty, zeros, zeros], axis=1)
-            return ops.image.affine_transform(x, transform, interpolation="bilinear",
-                                              fill_mode="reflect")
+            return warp(x, (cos * mirror, -sin, sin * mirror, cos), tx, ty, self.size)
 
         def colour(self, x, n):
             """Brightness, contrast (about each image's channel means), then saturation and hue

@@ -116,11 +116,6 @@ def unit_prefixes(variant: str = "lite0") -> tuple[str, ...]:
     return ("stem", *block_prefixes(variant), "head")
 
 
-#: Lite0's 16 MBConv blocks and its units (kept for callers that predate the variants).
-BLOCK_PREFIXES = block_prefixes("lite0")
-UNIT_PREFIXES = unit_prefixes("lite0")
-
-
 def first_layer_name(unit: str, variant: str = "lite0") -> str:
     """Name of the first layer of a unit ("stem", "block5a", "head").
 
@@ -204,11 +199,6 @@ def build_lite(variant: str = "lite0", input_shape=(224, 224, 3), name: str | No
     return keras.Model(inputs, x, name=name or f"{variant}_base")
 
 
-def build_lite0(input_shape=(224, 224, 3), name: str = "lite0_base", drop_connect_rate: float = 0.0):
-    """EfficientNet-Lite0 (:func:`build_lite` with ``variant="lite0"``)."""
-    return build_lite("lite0", input_shape, name=name, drop_connect_rate=drop_connect_rate)
-
-
 def weight_key(layer, variable) -> str:
     """The ``.npz`` key of a layer variable: ``"<layer name>/<variable name>"``.
 
@@ -261,7 +251,3 @@ def load_lite_weights(model, npz_path: str | Path) -> int:
     for variable, value in plan:
         variable.assign(value.astype(variable.dtype))
     return len(plan)
-
-
-#: Lite0's loader under its earlier name (the loader is the same for every variant).
-load_lite0_weights = load_lite_weights

@@ -25,6 +25,7 @@ from schemas import ModelMetadata
 from worker.store.derived import derive_version
 from worker.store.versions import ModelStore
 from worker.training.loso import LOSO_FILE, expected_specificity_line, logit, sigmoid
+from worker.training.loso_report import RULES
 
 KIND = "loso_threshold"
 
@@ -56,7 +57,6 @@ def recipe_differences(loso: dict, base: ModelMetadata) -> list[str]:
     return out
 
 
-RULES = ("shift", "absolute")
 
 
 def loso_threshold(loso: dict, base_threshold: float, ceiling: float | None = None, rule: str = "shift") -> dict:

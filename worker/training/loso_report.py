@@ -7,6 +7,10 @@ from __future__ import annotations
 
 #: Melanoma sensitivity every held-out source must keep at the urgent threshold.
 REQUIRED_SENSITIVITY = 0.95
+#: How ``models apply-loso`` turns the folds into a threshold: ``shift`` (the version's
+#: validation threshold moved by the worst source's logit shift) or ``absolute`` (the
+#: probability every held-out source needed); both capped by the version's own validation.
+RULES = ("shift", "absolute")
 
 
 def _f(x, digits: int = 3) -> str:

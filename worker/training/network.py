@@ -25,7 +25,6 @@ DEFAULT_WEIGHTS = Path("../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
 #: EfficientNet-Lite ImageNet weights per variant, made by ``scripts/fetch_lite_weights.sh``.
 LITE_WEIGHTS = {variant: Path(f"runs/weights/efficientnet_{variant}_imagenet.npz")
                 for variant in efficientnet_lite.VARIANTS}
-LITE0_WEIGHTS = LITE_WEIGHTS["lite0"]
 BACKBONES = ("mobilenet", *efficientnet_lite.VARIANTS)
 #: Where phase 2 starts fine-tuning when the caller does not say (a layer-name prefix). Every
 #: Lite variant has 7 stages named alike, so "block4a" is the start of stage 4 in each.
