@@ -94,6 +94,45 @@ def test_augmentation_geometry_is_an_exact_mirror_or_quarter_turn_at_its_extreme
     assert np.allclose(shifted[:, :-2], img[0, :, 2:], atol=1e-3)  # x_in = x_out + 2
 
 
+def test_recipe_leaves_out_paths_and_older_records_compare_with_defaults(tmp_path):
+    cfg = TrainConfig(data=(tmp_path,), out=tmp_path / "v", colour_constancy="shades_of_gray")
+    rec = recipe(cfg)
+    assert rec["colour_constancy"] == "shades_of_gray" and "out" not in rec and "data" not in rec
+    json.dumps(rec)  # JSON-ready
+    older = {k: v for k, v in recipe(TrainConfig(data=(), out=tmp_path)).items()
+             if k not in ("colour_constancy", "augmentation")}  # made before these fields existed
+    assert same_recipe(older, recipe(TrainConfig(data=(), out=tmp_path / "x")))
+    assert not same_recipe(older, rec)
+    with pytest.raises(ValueError, match="colour_constancy"):
+        network.build_network(32, None, colour_constancy="retinex")
+
+
+def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from schemas import ModelMetadata
+    from tests.conftest import make_settings
+    from worker.retrain.cycle import _train_request
+    from worker.store.versions import ModelStore
+
+    meta = ModelMetadata.model_validate_json((tiny_model_dir / "model.json").read_text())
+    champion_dir = tmp_path / "champ"
+    shutil.copytree(tiny_model_dir, champion_dir)
+    champ_recipe = recipe(TrainConfig(data=(), out=tmp_path, colour_constancy="shades_of_gray",
+                                      augmentation="camera", epochs=8, limit=50))
+    (champion_dir / "model.json").write_text(meta.model_copy(update={"recipe": champ_recipe}).model_dump_json())
+    store = ModelStore(tmp_path / "store")
+    champion = store.add_version(champion_dir)
+    run = SimpleNamespace(settings=make_settings(tmp_path / "home", retrain_train_args={"epochs": 1}),
+                          champion=champion, store=store, run_id=7, trigger="test",
+                          challenger_dir=tmp_path / "challenger", cache_dir=tmp_path / "cache")
+    req = _train_request(run, rows=None)
+    assert req.options["colour_constancy"] == "shades_of_gray" and req.options["augmentation"] == "camera"
+    assert req.options["epochs"] == 1  # the hospital's override wins
+    assert "limit" not in req.options  # a smoke-run subset is never inherited
+    assert "shades_of_gray" in req.command
+
+
 def _tiny_model(size: int):
     import keras
 
