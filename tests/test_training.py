@@ -193,3 +193,47 @@ def test_model_card_lists_per_source_rows_from_either_file():
         card = render_model_card(meta, report, {}, {"n": 10, "per_source": per_source})
         assert "| ham10000 | 10 | 2 | 0.900 (0.800-0.950) |" in card
         assert "| ham10000 | 0.900 (0.800-0.950) | 0.900 (0.800-0.950) | 0.040 |" in card
+
+
+def test_two_trainings_can_build_the_same_image_cache_at_once(tmp_path, monkeypatch):
+    """Both writers finish their file before either renames it (two LOSO folds side by side):
+    each must rename its own complete file, and no temp file is left."""
+    import threading
+
+    import numpy as np
+
+    from tests.test_datachecks import blob_jpeg
+    from worker.training import dataset
+
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / "img" / f"ISIC_{k:07d}.jpg")
+        blob_jpeg(paths[-1], "nevus", 40, k)
+    df = pd.DataFrame({"path": [str(p) for p in paths], "sha256": [f"{k:064x}" for k in range(3)]})
+    both_saved = threading.Barrier(2, timeout=30)
+    real_save = np.save
+
+    def save_then_wait(*args, **kwargs):
+        real_save(*args, **kwargs)
+        both_saved.wait()
+
+    monkeypatch.setattr(np, "save", save_then_wait)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(dataset.build_cache(df, 16, tmp_path / "cache", progress=False))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [r.shape for r in results] == [(3, 16, 16, 3)] * 2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        f"images-{dataset.cache_key(df, 16)}.npy"]
+    assert np.array_equal(np.load(tmp_path / "cache" / f"images-{dataset.cache_key(df, 16)}.npy"),
+                          results[0])

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,6 @@ def build_cache(df: pd.DataFrame, size: int, cache_dir: Path, progress: bool = T
             return np.asarray(arr)
     out = np.empty((len(df), size, size, 3), dtype=np.uint8)
     n = len(df)
-    import sys
-
     end = "" if sys.stdout.isatty() else "\n"
     for i, path in enumerate(df["path"]):
         out[i] = to_model_input(load_rgb(path), size)
@@ -53,9 +54,16 @@ def build_cache(df: pd.DataFrame, size: int, cache_dir: Path, progress: bool = T
             print(f"\rcaching images ({size}px) {i + 1}/{n}", end=end, flush=True)
     if progress and end == "":
         print()
-    tmp = target.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(target)
+    # A private temp name: two trainings (say, two LOSO folds side by side) may build the
+    # same cache at once; each renames a complete file into place.
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, out)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
