@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import typer
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from schemas import ModelMetadata
@@ -294,3 +296,37 @@ def test_train_loso_end_to_end_and_resumable(tmp_path):
     assert res.exit_code == 0, res.output
     assert "leave-one-source-out" in res.output and "| ham10000 |" in res.output
     assert math.isfinite(loso["rules"]["shift"]["logit_shift"])
+
+
+def _heldout_run(root, name: str, y, p, order_seed: int):
+    fold = root / name / "fold-isic2017"
+    fold.mkdir(parents=True)
+    frame = pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(len(y))],
+                          "sha256": [f"{i:064x}" for i in range(len(y))], "melanoma": y, "p_melanoma": p})
+    frame.sample(frac=1, random_state=order_seed).to_csv(fold / "heldout.csv", index=False)
+    return root / name
+
+
+def test_eval_ensemble_matches_rows_by_hash_and_averages_logits(tmp_path):
+    """benchmarks/eval_ensemble.py: rows written in another order are matched by sha256, and
+    the ensemble is the mean logit of the members, scored like one model."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.2).astype(int)
+    members = [1 / (1 + np.exp(-(1.2 * y + rng.normal(size=300) - 2))) for _ in range(2)]
+    runs = [_heldout_run(tmp_path, f"seed{k}", y, p, k) for k, p in enumerate(members)]
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_ensemble.py"
+    out = subprocess.run([sys.executable, str(script), *map(str, runs), "--n-boot", "50"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[1]: line for line in out.splitlines() if line.startswith("| isic2017")}
+    z = np.mean([np.log(p / (1 - p)) for p in members], axis=0)
+    for name, p in [("seed0", members[0]), ("seed1", members[1]), ("ensemble of 2", 1 / (1 + np.exp(-z)))]:
+        assert f"| {roc_auc_score(y, p):.3f} (" in rows[name]
+    assert len(rows) == 3
+
+    _heldout_run(tmp_path, "other", y[:-1], members[0][:-1], 0)
+    bad = subprocess.run([sys.executable, str(script), str(runs[0]), str(tmp_path / "other")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "scored other images" in bad.stderr
