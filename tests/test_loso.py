@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,9 +312,6 @@ def _heldout_run(root, name: str, y, p, order_seed: int):
 def test_eval_ensemble_matches_rows_by_hash_and_averages_logits(tmp_path):
     """benchmarks/eval_ensemble.py: rows written in another order are matched by sha256, and
     the ensemble is the mean logit of the members, scored like one model."""
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(3)
     y = (rng.random(300) < 0.2).astype(int)
     members = [1 / (1 + np.exp(-(1.2 * y + rng.normal(size=300) - 2))) for _ in range(2)]

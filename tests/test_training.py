@@ -4,15 +4,18 @@ version folder that the model store accepts and the Classifier loads."""
 from __future__ import annotations
 
 import json
+import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from schemas import CLASS_NAMES, ModelMetadata
-from tests.test_datachecks import make_fixture_data
+from tests.test_datachecks import blob_jpeg, make_fixture_data
 from worker.store.versions import ModelStore
+from worker.training import dataset
 from worker.training.cli import register
 
 EXPECTED_FILES = ("model.keras", "model.json", "split.csv", "data_quality.json", "data_quality.md",
@@ -198,13 +201,6 @@ def test_model_card_lists_per_source_rows_from_either_file():
 def test_two_trainings_can_build_the_same_image_cache_at_once(tmp_path, monkeypatch):
     """Both writers finish their file before either renames it (two LOSO folds side by side):
     each must rename its own complete file, and no temp file is left."""
-    import threading
-
-    import numpy as np
-
-    from tests.test_datachecks import blob_jpeg
-    from worker.training import dataset
-
     paths = []
     for k in range(3):
         paths.append(tmp_path / "img" / f"ISIC_{k:07d}.jpg")
