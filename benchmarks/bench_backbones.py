@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     args = ap.parse_args()
 
-    from worker.classify.export import _run_converter
+    from worker.classify.export import convert_to_litert
     from worker.classify.runtime_litert import LiteRTModel
 
     loaded = []
@@ -55,7 +55,7 @@ def main() -> None:
         for cand in args.candidates:
             backbone, size = cand.split(":")
             path, params = build(backbone, int(size), Path(tmp))
-            flatbuffer, delta, _ = _run_converter(path, int(size))
+            flatbuffer, delta, _ = convert_to_litert(path, int(size))
             loaded.append((cand, LiteRTModel.from_bytes(flatbuffer, num_threads=1), int(size),
                            len(flatbuffer), params, delta))
     rng = np.random.default_rng(0)

@@ -73,11 +73,13 @@ def _convert(model_path: Path, keras_sha256: str, input_size: int) -> tuple[byte
     if keras_sha256 not in _conversions:
         if len(_conversions) >= MAX_KEPT_CONVERSIONS:
             _conversions.pop(next(iter(_conversions)))
-        _conversions[keras_sha256] = _run_converter(model_path, input_size)
+        _conversions[keras_sha256] = convert_to_litert(model_path, input_size)
     return _conversions[keras_sha256]
 
 
-def _run_converter(model_path: Path, input_size: int) -> tuple[bytes, float, str]:
+def convert_to_litert(model_path: Path, input_size: int) -> tuple[bytes, float, str]:
+    """Convert a saved Keras model (no cache): the float32 flatbuffer, its largest |Δ logit|
+    against Keras on the probe images, and the converter's name."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf

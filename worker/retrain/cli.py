@@ -9,8 +9,8 @@ and make the home ready first, as every writing command does.
 
 from __future__ import annotations
 
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -222,7 +222,7 @@ def models_apply_loso(
         command = "melanoma-triage models apply-loso " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         try:
             added, choice = apply_loso(ctx.store, base, load_loso(loso), command.strip(), allow_other_recipe,
-                                       ctx.settings.home / "loso-staging", rule=LosoRule(rule).value)
+                                       ctx.settings.home / "loso-staging", rule=rule.value)
         except (TriageError, LosoPolicyError) as exc:
             fail(str(exc))
     if as_json:

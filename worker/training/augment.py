@@ -28,6 +28,8 @@ import math
 #: ``augmentation`` choices of a training recipe.
 AUGMENTATIONS = ("standard", "camera")
 _BLUR_TAPS = 3  # the Gaussian kernel spans -3..3 pixels
+#: Validation batch size (no augmentation, no gradients: larger than training's).
+VALIDATION_BATCH = 64
 
 
 def _uniform(n, low: float, high: float, seed, rank: int = 1):
@@ -193,14 +195,14 @@ def training_inputs(model, train: tuple, validation: tuple, batch_size: int, aug
     if keras.backend.backend() != "tensorflow":
         return training_model(model, layer), {
             "x": images, "y": masks, "sample_weight": weights, "batch_size": batch_size,
-            "shuffle": True, "validation_data": validation, "validation_batch_size": 64}
+            "shuffle": True, "validation_data": validation, "validation_batch_size": VALIDATION_BATCH}
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks, weights))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     ds = ds.map(lambda x, m, w: (layer(x, training=True), m, w), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=False)
-    val = tf.data.Dataset.from_tensor_slices(validation).batch(64)
+    val = tf.data.Dataset.from_tensor_slices(validation).batch(VALIDATION_BATCH)
     val = val.map(lambda x, m: (tf.cast(x, tf.float32), m))
     return model, {"x": ds.prefetch(tf.data.AUTOTUNE), "validation_data": val.prefetch(tf.data.AUTOTUNE)}
 

@@ -57,8 +57,6 @@ def recipe_differences(loso: dict, base: ModelMetadata) -> list[str]:
     return out
 
 
-
-
 def loso_threshold(loso: dict, base_threshold: float, ceiling: float | None = None, rule: str = "shift") -> dict:
     """The urgent threshold for a version whose validation threshold is ``base_threshold``;
     ``ceiling``: the most its own validation allows (``urgent_melanoma_ceiling``; None: the

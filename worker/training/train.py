@@ -128,8 +128,8 @@ def fit(cfg: TrainConfig, model, arrays: SplitArrays) -> None:
             continue  # finished before the interruption
         network.set_trainable(model, phase, cfg.unfreeze_from or network.DEFAULT_UNFREEZE[cfg.backbone])
         trainer.compile(optimizer=keras.optimizers.Adam(lr), loss=network.partial_label_loss,
-                      metrics=[network.melanoma_auc_metric(), network.allowed_accuracy_metric()],
-                      jit_compile=cfg.jit_compile)
+                        metrics=[network.melanoma_auc_metric(), network.allowed_accuracy_metric()],
+                        jit_compile=cfg.jit_compile)
         initial = state["epoch"] if state["phase"] == phase else phases[phase - 2][1]
         callbacks = [
             _EpochState.make(ckpt, phase, best),
