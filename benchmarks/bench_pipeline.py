@@ -154,8 +154,8 @@ class StageTimer:
 def in_process(inputs, rss_n: int, home: Path) -> dict:
     from schemas import SourceDoor
     from worker import pipeline
-    from worker.home import prepare
-    from worker.runtime import build_runtime
+    from worker.process.home import prepare
+    from worker.jobs.runtime import build_runtime
     from worker.settings import Settings
 
     settings = Settings(home=home)

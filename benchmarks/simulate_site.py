@@ -50,9 +50,9 @@ from schemas import MELANOMA, SourceDoor  # noqa: E402
 from worker.calibration import site  # noqa: E402
 from worker.calibration.thresholds import interval_at  # noqa: E402
 from worker.monitor import shift  # noqa: E402
-from worker.pipeline import process_job  # noqa: E402
+from worker.jobs.pipeline import process_job  # noqa: E402
 from worker.retrain import truth  # noqa: E402
-from worker.runtime import build_runtime  # noqa: E402
+from worker.jobs.runtime import build_runtime  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.store import admin  # noqa: E402
 from worker.store.versions import ModelStore, shipped_store_root  # noqa: E402
@@ -157,11 +157,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="   log %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("worker.pipeline").setLevel(logging.WARNING)
+    logging.getLogger("worker.jobs.pipeline").setLevel(logging.WARNING)
 
     home = args.home or Path(tempfile.mkdtemp(prefix="site-sim-"))
     settings = Settings(home=home)
-    from worker.home import prepare
+    from worker.process.home import prepare
 
     prepare(settings)
     store = ModelStore(settings.model_store_dir)

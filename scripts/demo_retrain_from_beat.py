@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.modelgen import write_tiny_version  # noqa: E402
 from tests.retraingen import write_tiny_dataset  # noqa: E402
 from worker.db.models import ModelEvent, RetrainRun  # noqa: E402
+from worker.classify.export import ensure_export  # noqa: E402
 from worker.store.versions import ModelStore  # noqa: E402
 
 TRAINERS = {
@@ -47,7 +48,7 @@ def main() -> None:
     trainer, train_args = TRAINERS[args.trainer]
     scratch = Path(tempfile.mkdtemp(prefix="retrain-demo-"))
     home, data = scratch / "home", write_tiny_dataset(scratch / "data", per_class=25)
-    store = ModelStore(home / "model_store")
+    store = ModelStore(home / "model_store", export=ensure_export)
     store.set_current(store.add_version(write_tiny_version(scratch / "champion", version="tiny-champion")))
     env = dict(os.environ, PYTHONPATH=str(ROOT), TRIAGE_RETRAIN_CRON="* * * * *",
                TRIAGE_TRAINING_DATA_DIRS=json.dumps([str(data)]), TRIAGE_RETRAIN_TRAINER=trainer,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.classify.export import ensure_export
 from worker.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -48,7 +49,7 @@ def settings(tmp_path) -> Settings:
 def store_with_tiny_model(settings, tiny_model_dir):
     from worker.store.versions import ModelStore
 
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     return store
 

@@ -28,12 +28,12 @@ PACKAGES = ("worker", "schemas")
 
 #: May import Celery (or kombu) themselves: the app factory, the worker's app, the tasks, the
 #: embedded broker's transport.
-CELERY_MODULES = frozenset({"worker.celery_app", "worker.celery_worker", "worker.tasks",
-                            "worker.filesystem_transport"})
+CELERY_MODULES = frozenset({"worker.messaging.celery_app", "worker.messaging.celery_worker",
+                            "worker.messaging.tasks", "worker.messaging.filesystem_transport"})
 #: Entry points and edge adapters that wire the Celery layer to the outside world (the
 #: command line, the process supervisor, the client API, the hospital doors): they may reach
 #: Celery through the modules above, never import it themselves.
-CELERY_EDGES = frozenset({"worker.__main__", "worker.service", "worker.client", "worker.status"})
+CELERY_EDGES = frozenset({"worker.__main__", "worker.process.service", "worker.client", "worker.cli.status"})
 CELERY_EDGE_PACKAGES = ("worker.doors",)
 #: Third-party packages the data contract must never pull in.
 NOT_IN_SCHEMAS = ("tensorflow", "keras", "celery", "kombu", "sqlalchemy", "alembic")
@@ -183,9 +183,9 @@ def _chain_text(graph: grimp.ImportGraph, chain: tuple[str, ...] | None) -> str:
 
 def _is_edge(module: str) -> bool:
     """An edge that may reach Celery: listed above, a door, or a command-line module
-    (``worker.cli``, ``worker.cli_*``, every ``*.cli``)."""
+    (the ``worker.cli`` package, every ``*.cli``)."""
     return (module in CELERY_EDGES or module.rsplit(".", 1)[-1] == "cli"
-            or module.startswith("worker.cli")
+            or module == "worker.cli" or module.startswith("worker.cli.")
             or any(module == p or module.startswith(p + ".") for p in CELERY_EDGE_PACKAGES))
 
 
@@ -279,3 +279,30 @@ def test_the_cycle_finder_names_the_circle():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert _strongly_connected(edges) == [["a", "b", "c"]]
     assert _shortest_cycle(edges, ["a", "b", "c"]) == ["a", "b", "c", "a"]
+
+
+#: Foundations never import the layers built on them (issue 18): the model store holds files
+#: and pointers, the database layer rows; neither knows the classifier, the doors, the jobs,
+#: the Celery layer or the process tree that use them.
+LOWER_LAYERS = ("worker.store", "worker.db", "worker.imaging")
+HIGHER_LAYERS = ("worker.classify", "worker.training", "worker.retrain", "worker.calibration",
+                 "worker.doors", "worker.jobs", "worker.messaging", "worker.process", "worker.cli",
+                 "worker.intake", "worker.report", "worker.results")
+
+
+def test_lower_layers_never_import_higher_ones(graph):
+    def within(module: str, packages: tuple[str, ...]) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in packages)
+
+    upward = sorted(
+        (importer, imported)
+        for importer in graph.modules if within(importer, LOWER_LAYERS)
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if within(imported, HIGHER_LAYERS))
+    assert not upward, "imports from a lower layer up: " + ", ".join(
+        _edge_text(graph, a, b) for a, b in upward)
+
+
+def test_the_top_of_worker_holds_only_foundations_and_entry_points():
+    loose = sorted(p.stem for p in (ROOT / "worker").glob("*.py"))
+    assert loose == ["__init__", "__main__", "client", "durable", "errors", "settings"], loose

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-PLAIN = ("worker.pipeline", "worker.runtime", "worker.intake.admission", "worker.intake.watcher",
-         "worker.intake.rejections", "worker.reconciler", "worker.home", "worker.db.jobs")
+PLAIN = ("worker.jobs.pipeline", "worker.jobs.runtime", "worker.intake.admission", "worker.intake.watcher",
+         "worker.intake.rejections", "worker.jobs.reconciler", "worker.process.home", "worker.db.jobs")
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -25,7 +25,7 @@ def test_plain_modules_do_not_import_celery():
 
 def test_the_entry_module_reads_the_environment_only_when_asked_for_the_app():
     # An invalid setting: building Settings() would raise, importing the module must not.
-    code = ("import worker.celery_worker as w\n"
+    code = ("import worker.messaging.celery_worker as w\n"
             "try:\n    w.app\nexcept Exception as exc:\n    print(type(exc).__name__)\n")
     out = _run(code, TRIAGE_MAX_ATTEMPTS="0")
     assert out.returncode == 0, out.stderr
@@ -34,8 +34,8 @@ def test_the_entry_module_reads_the_environment_only_when_asked_for_the_app():
 
 def test_celery_finds_the_worker_app_with_its_tasks(tmp_path):
     code = ("from celery.app.utils import find_app\n"
-            "from worker.queues import PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK\n"
-            "from worker.service import CELERY_APP\n"
+            "from worker.messaging.queues import PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK\n"
+            "from worker.process.service import CELERY_APP\n"
             "app = find_app(CELERY_APP)\n"
             "print(all(t in app.tasks for t in (PROCESS_TASK, RECONCILE_TASK, RETRAIN_TASK)))\n")
     out = _run(code, TRIAGE_HOME=str(tmp_path / "home"))

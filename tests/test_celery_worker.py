@@ -12,12 +12,13 @@ from sqlalchemy import func, select
 from schemas import JobState, SourceDoor
 from tests.conftest import make_settings
 from tests.imagegen import dicom_bytes, garbage_bytes, lesion_rgb, truncated_dicom_bytes
-from worker import reconciler
-from worker.celery_worker import create_worker_app
+from worker.classify.export import ensure_export
+from worker.jobs import reconciler
+from worker.messaging.celery_worker import create_worker_app
 from worker.client import TriageClient, enqueue
 from worker.db.migrate import upgrade
 from worker.db.models import Job, Prediction, Submission
-from worker.queues import PROCESS_TASK, TRIAGE_QUEUE
+from worker.messaging.queues import PROCESS_TASK, TRIAGE_QUEUE
 from worker.store.versions import ModelStore
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def prod_settings(tmp_path, postgres_url, redis_url, tiny_model_dir):
     settings = make_settings(tmp_path / "home", database_url=postgres_url, broker_url=redis_url)
     settings.ensure_folders()
     upgrade(settings.database_url)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     return settings
 
@@ -96,7 +97,7 @@ def test_a_message_the_broker_lost_is_recovered_by_the_reconciler(prod_settings,
 
 
 def test_a_job_waits_for_a_model_instead_of_failing(prod_settings, worker):
-    store = ModelStore(prod_settings.model_store_dir)
+    store = ModelStore(prod_settings.model_store_dir, export=ensure_export)
     version = store.current_version()
     (store.root / "CURRENT").unlink()  # an operator emptied the pointer
     with TriageClient(prod_settings) as client:
@@ -114,8 +115,8 @@ def test_a_retrain_message_delivered_twice_runs_once(prod_settings):
     task id claimed in the database: the same message again does nothing."""
     from worker.db.models import RetrainRun
     from worker.db.task_claims import claim_once
-    from worker.queues import RETRAIN_TASK
-    from worker.tasks import runtime_for
+    from worker.messaging.queues import RETRAIN_TASK
+    from worker.messaging.tasks import runtime_for
 
     app = create_worker_app(prod_settings)
     task = app.tasks[RETRAIN_TASK]

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from schemas import Laterality, LesionClass, TruthSource
 from tests.imagegen import dicom_bytes, lesion_rgb
-from worker.cli import app
-from worker.cli_output import ExitCode
+from worker.classify.export import ensure_export
+from worker.cli.main import app
+from worker.cli.output import ExitCode
 
 
 def _command(*path: str):
@@ -98,7 +99,7 @@ def test_training_options_default_to_trainconfig():
 
 
 def test_cli_needs_neither_tensorflow_nor_the_training_extras_to_start():
-    code = ("import sys, worker.cli; "
+    code = ("import sys, worker.cli.main; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'pandas', 'scipy', 'sklearn', "
             "'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -106,7 +107,7 @@ def test_cli_needs_neither_tensorflow_nor_the_training_extras_to_start():
 
 
 def test_progress_and_library_prints_go_to_stderr(capsys):
-    from worker.cli_output import progress, stdout_as_log
+    from worker.cli.output import progress, stdout_as_log
 
     with progress("working", total=2) as steps, stdout_as_log(steps):
         print("a line the trainer prints")
@@ -138,12 +139,12 @@ def test_read_only_commands_do_not_create_a_database(tmp_path, args):
 
 def test_read_only_commands_never_migrate(migrated_settings, store_with_tiny_model, monkeypatch):
     import worker.db.migrate
-    import worker.home
+    import worker.process.home
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("a read-only command tried to prepare or migrate the home")
 
-    monkeypatch.setattr(worker.home, "prepare", forbidden)
+    monkeypatch.setattr(worker.process.home, "prepare", forbidden)
     monkeypatch.setattr(worker.db.migrate, "upgrade", forbidden)
     home = ["--home", str(migrated_settings.home)]
     runner = CliRunner()
@@ -206,7 +207,7 @@ def test_enqueue_of_a_rejected_file_exits_1(tmp_path):
 # ----------------------------------------------------------------------------- import contracts
 
 def test_worker_modules_do_not_import_tensorflow():
-    code = ("import sys, worker.celery_worker, worker.tasks, worker.client, worker.cli, schemas; "
+    code = ("import sys, worker.messaging.celery_worker, worker.messaging.tasks, worker.client, worker.cli.main, schemas; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -230,7 +231,7 @@ def test_predict_walks_folders_and_reports_rejections(tmp_path, tiny_model_dir):
     from tests.imagegen import jpeg_bytes
     from worker.store.versions import ModelStore
 
-    store = ModelStore(tmp_path / "store")
+    store = ModelStore(tmp_path / "store", export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     images = tmp_path / "images"
     (images / "clinic").mkdir(parents=True)

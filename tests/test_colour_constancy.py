@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from worker.classify.export import ensure_export
 from worker.training import network
 from worker.training.config import TrainConfig, recipe, same_recipe
 
@@ -121,7 +122,7 @@ def test_retraining_repeats_the_champions_recipe_under_the_settings_overrides(tm
     champ_recipe = recipe(TrainConfig(data=(), out=tmp_path, colour_constancy="shades_of_gray",
                                       augmentation="camera", epochs=8, limit=50))
     (champion_dir / "model.json").write_text(meta.model_copy(update={"recipe": champ_recipe}).model_dump_json())
-    store = ModelStore(tmp_path / "store")
+    store = ModelStore(tmp_path / "store", export=ensure_export)
     champion = store.add_version(champion_dir)
     run = SimpleNamespace(settings=make_settings(tmp_path / "home", retrain_train_args={"epochs": 1}),
                           champion=champion, store=store, run_id=7, trigger="test",

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from schemas import CLASS_NAMES, ModelMetadata
 from tests.test_datachecks import make_fixture_data
+from worker.classify.export import ensure_export
 from worker.training import efficientnet_lite as lite
 from worker.training import network
 
@@ -230,7 +231,7 @@ def test_train_a_lite0_version_that_the_workers_load(tmp_path):
     meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
     assert meta.notes.startswith("EfficientNet-Lite0 @ 32px")
     assert "EfficientNet-Lite0" in (out / "model_card.md").read_text()
-    store = ModelStore(tmp_path / "store")
+    store = ModelStore(tmp_path / "store", export=ensure_export)
     store.set_current(store.add_version(out))
     res = Classifier.from_store(store).predict(np.full((40, 60, 3), 128, dtype=np.uint8))
     assert set(res.probabilities) == set(CLASS_NAMES) and res.predicted_class in CLASS_NAMES

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, select
 
 from schemas import TriageLevel
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
+from worker.classify.export import ensure_export
 from worker.db.models import Image, Job, Prediction, Report
 from worker.store.versions import ModelStore
 
@@ -52,7 +53,7 @@ def backend_env(request) -> dict[str, str]:
 
 def test_run_turns_intake_drops_into_reports_and_rejections(tmp_path, tiny_model_dir, backend_env):
     home = tmp_path / "home"
-    store = ModelStore(home / "model_store")
+    store = ModelStore(home / "model_store", export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     env = dict(os.environ, TRIAGE_POLL_INTERVAL_S="0.2", TRIAGE_WORKER_CONCURRENCY="1",
                TRIAGE_STABLE_SECONDS="1", TRIAGE_INCOMPLETE_GRACE_SECONDS="3",

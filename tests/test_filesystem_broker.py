@@ -1,7 +1,7 @@
 """The embedded broker never fails to start: kombu's filesystem transport creates an
 exchange file empty and writes it afterwards, so processes binding queues at the same
 moment used to read it empty (``JSONDecodeError`` in ``_queue_bind``) or leave it
-corrupt. ``worker.filesystem_broker`` makes the files whole first; these tests start
+corrupt. ``worker.messaging.filesystem_broker`` makes the files whole first; these tests start
 binders concurrently, as ``run`` starts its workers and beat, from fresh broker folders."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.celery_app import QUEUES
-from worker.filesystem_broker import parse_table, prepare_control_folder
+from worker.messaging.celery_app import QUEUES
+from worker.messaging.filesystem_broker import parse_table, prepare_control_folder
 
 PROCESSES = 4
 TRIALS = 30
@@ -91,7 +91,7 @@ def test_a_corrupt_exchange_file_is_repaired_and_start_succeeds(tmp_path, conten
                                                                  request):
     # Libraries configured earlier in the session (logging.config, Celery) may have disabled
     # our logger, raised its level or stopped its propagation: listen on the logger itself.
-    logger = logging.getLogger("worker.filesystem_broker")
+    logger = logging.getLogger("worker.messaging.filesystem_broker")
     monkeypatch.setattr(logger, "disabled", False)
     monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     previous_disable, previous_level = logging.root.manager.disable, logger.level
@@ -131,7 +131,7 @@ def test_an_existing_table_is_never_replaced(tmp_path):
 def _connection(broker: Path, polling_interval: float):
     from kombu import Connection
 
-    from worker.filesystem_transport import Transport
+    from worker.messaging.filesystem_transport import Transport
 
     (broker / "queue").mkdir(parents=True, exist_ok=True)
     prepare_control_folder(broker / "control", QUEUES)
@@ -148,8 +148,8 @@ def _queue():
 
 
 def test_create_app_uses_the_adaptive_transport_on_the_embedded_broker(tmp_path):
-    from worker.celery_app import create_app
-    from worker.filesystem_transport import Transport
+    from worker.messaging.celery_app import create_app
+    from worker.messaging.filesystem_transport import Transport
     from worker.settings import Settings
 
     app = create_app(Settings(home=tmp_path / "home"))
@@ -191,7 +191,7 @@ def test_an_idle_consumer_backs_off_and_still_receives(tmp_path, monkeypatch):
     import threading
     import time
 
-    from worker.filesystem_transport import Channel
+    from worker.messaging.filesystem_transport import Channel
 
     polls = []
     original = Channel._get
@@ -224,7 +224,7 @@ def test_a_message_is_never_visible_before_it_is_whole(tmp_path, monkeypatch):
     queue's name must hold the whole message."""
     import os
 
-    import worker.filesystem_broker as fb
+    import worker.messaging.filesystem_broker as fb
 
     seen = []
     real_rename = os.rename

@@ -244,7 +244,7 @@ def test_client_in_http_mode(api, tmp_path):
 
 
 def test_tokens_commands(tmp_path):
-    from worker.cli import app
+    from worker.cli.main import app
 
     home = tmp_path / "fresh-home"
     runner = CliRunner()

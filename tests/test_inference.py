@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, TriageLevel, TriageThresholds
+from worker.classify.export import ensure_export
 from worker.classify.export import export_version
 from worker.classify.inference import Classifier, configure_tensorflow
 from worker.classify.preprocess import to_model_input
@@ -56,7 +57,7 @@ def store(tmp_path_factory) -> ModelStore:
                                                       min_confidence=1.0))
     _write_version(root, "v-unexported", TriageThresholds(urgent_melanoma=0.99,
                                                           soon_keratinocyte=0.99, min_confidence=0.0))
-    s = ModelStore(root)
+    s = ModelStore(root, export=ensure_export)
     s.set_current("v-normal")
     return s
 
@@ -107,7 +108,7 @@ def test_predict_applies_the_versions_thresholds(store):
 def test_from_store_refuses_a_corrupt_model(store, tmp_path):
     import shutil
 
-    bad = ModelStore(tmp_path / "bad")
+    bad = ModelStore(tmp_path / "bad", export=ensure_export)
     shutil.copytree(store.root / "versions" / "v-normal", bad.versions_dir / "v-normal")
     meta = json.loads((bad.version_dir("v-normal") / METADATA_FILE).read_text())
     meta["sha256"] = "0" * 64
@@ -115,7 +116,7 @@ def test_from_store_refuses_a_corrupt_model(store, tmp_path):
     with pytest.raises(ModelNotAvailable):
         Classifier.from_store(bad, "v-normal")
     with pytest.raises(ModelNotAvailable):
-        Classifier.from_store(ModelStore(tmp_path / "empty"))
+        Classifier.from_store(ModelStore(tmp_path / "empty", export=ensure_export))
 
 
 def test_a_version_without_export_is_exported_on_load_or_refused_with_the_fix(store):

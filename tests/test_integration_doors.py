@@ -21,8 +21,9 @@ from schemas import DeliveryState, JobState
 from tests.conftest import REDIS_URL, make_settings
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb
 from tests.resultgen import StoreSCP
-from worker.celery_app import process_sender
-from worker.celery_worker import create_worker_app
+from worker.classify.export import ensure_export
+from worker.messaging.celery_app import process_sender
+from worker.messaging.celery_worker import create_worker_app
 from worker.db import deliveries
 from worker.db.migrate import upgrade
 from worker.db.models import Job
@@ -30,7 +31,7 @@ from worker.doors.dicom_receiver import start_dicom_receiver
 from worker.doors.http_api import start_http_server
 from worker.doors.tokens import create_token
 from worker.intake.admission import open_intake
-from worker.queues import DELIVER_QUEUE, TRIAGE_QUEUE
+from worker.messaging.queues import DELIVER_QUEUE, TRIAGE_QUEUE
 from worker.results.fhir import fhir_outbox
 from worker.store.versions import ModelStore
 
@@ -72,7 +73,7 @@ def hospital(tmp_path, postgres_url, redis_db, tiny_model_dir):
             delivery_attempts=2, min_free_disk_bytes=0)
         settings.ensure_folders()
         upgrade(settings.database_url)
-        store = ModelStore(settings.model_store_dir)
+        store = ModelStore(settings.model_store_dir, export=ensure_export)
         store.set_current(store.add_version(tiny_model_dir))
         app = create_worker_app(settings)
         intake = open_intake(settings, process_sender(app))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.modelgen import write_tiny_version
+from worker.classify.export import ensure_export
 from worker.errors import ModelNotAvailable
 
 import ai_edge_litert  # noqa: E402,F401  (the [serve] extra: a missing runtime fails, not skips)
@@ -80,11 +81,11 @@ def test_serving_imports_no_tensorflow(exported):
 WORKER_JOB = """
 import sys
 from pathlib import Path
-import worker.celery_worker, worker.tasks  # what `celery -A worker.celery_worker:app` imports
+import worker.messaging.celery_worker, worker.messaging.tasks  # what `celery -A worker.messaging.celery_worker:app` imports
 from schemas import SourceDoor
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb
-from worker import pipeline
-from worker.runtime import build_runtime
+from worker.jobs import pipeline
+from worker.jobs.runtime import build_runtime
 from worker.settings import Settings
 
 rt = build_runtime(Settings(home=Path(sys.argv[1])), send=lambda job_id: None)
@@ -111,7 +112,7 @@ def test_a_worker_process_handling_jobs_never_imports_tensorflow(tmp_path, tiny_
     settings = Settings(home=tmp_path / "home")
     settings.ensure_folders()
     upgrade(settings.database_url)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))  # exported on the way in
     assert (store.version_dir("tiny-1") / "model.tflite").is_file()
     root = Path(__file__).resolve().parents[1]

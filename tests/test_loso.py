@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from schemas import ModelMetadata
+from worker.classify.export import ensure_export
 from worker.store.versions import ModelStore
 from worker.training.loso import (
     fold_rows,
@@ -181,7 +182,7 @@ def test_policy_moves_the_threshold_down_never_up():
 
 
 def test_apply_loso_adds_a_version_with_the_same_weights(tmp_path, tiny_model_dir):
-    store = ModelStore(tmp_path / "store")
+    store = ModelStore(tmp_path / "store", export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     loso = _loso()
     with pytest.raises(LosoPolicyError, match="input size 64"):
@@ -224,9 +225,9 @@ def test_model_card_shows_the_loso_table():
 
 
 def test_models_apply_loso_command(tmp_path, migrated_settings, tiny_model_dir):
-    from worker.cli import app as cli_app
+    from worker.cli.main import app as cli_app
 
-    store = ModelStore(migrated_settings.model_store_dir)
+    store = ModelStore(migrated_settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     (tmp_path / "loso.json").write_text(json.dumps(_loso()))
     out = CliRunner().invoke(cli_app, ["models", "apply-loso", "tiny-1", "--loso", str(tmp_path / "loso.json"),
@@ -287,7 +288,7 @@ def test_train_loso_end_to_end_and_resumable(tmp_path):
         CliRunner().invoke(_app(), [*args[:-2], "8", "--no-jit"], catch_exceptions=False)
 
     # a version with the LOSO threshold: its card and `evaluate` show the table
-    store = ModelStore(tmp_path / "store")
+    store = ModelStore(tmp_path / "store", export=ensure_export)
     base = store.add_version(out / "fold-isic2017" / "model")
     version, _ = apply_loso(store, base, loso, "test")
     card = (store.version_dir(version) / "model_card.md").read_text()

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from schemas import ModelAction
 from tests.modelgen import write_tiny_version
-from worker.cli import app as cli_app
+from worker.classify.export import ensure_export
+from worker.cli.main import app as cli_app
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.lease import DbLease, LockHeld
 from worker.db.models import Lock, ModelEvent, utcnow
@@ -28,7 +29,7 @@ def tiny_model_dir_2(tmp_path_factory):
 
 @pytest.fixture
 def two_versions(migrated_settings, tiny_model_dir, tiny_model_dir_2):
-    store = ModelStore(migrated_settings.model_store_dir)
+    store = ModelStore(migrated_settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     store.add_version(tiny_model_dir_2)
     return store
@@ -173,8 +174,8 @@ def test_promotion_rollback_and_retrain_hot_reload_through_a_real_worker(
     from tests.conftest import make_settings
     from tests.imagegen import jpeg_bytes, lesion_rgb
     from tests.retraingen import write_tiny_dataset
-    from worker.celery_worker import create_worker_app
-    from worker.queues import RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE
+    from worker.messaging.celery_worker import create_worker_app
+    from worker.messaging.queues import RETRAIN_QUEUE, RETRAIN_TASK, TRIAGE_QUEUE
     from worker.client import TriageClient
     from worker.db.models import Job, Prediction, RetrainRun
     from worker.db.migrate import upgrade
@@ -186,7 +187,7 @@ def test_promotion_rollback_and_retrain_hot_reload_through_a_real_worker(
         retrain_max_ece=0.5, retrain_min_positives=3)
     settings.ensure_folders()
     upgrade(settings.database_url)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     store.add_version(tiny_model_dir_2)
     engine = make_engine(postgres_url)

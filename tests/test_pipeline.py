@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 from schemas import CLASS_NAMES, JobState, SourceDoor, TriageLevel
 from tests import imagegen
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
-from worker import pipeline
-from worker.celery_worker import create_worker_app
+from worker.jobs import pipeline
+from worker.messaging.celery_worker import create_worker_app
 from worker.db.models import Image, Job, Prediction, Report
-from worker.runtime import build_runtime
+from worker.jobs.runtime import build_runtime
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_shadow_candidate_is_recorded_but_never_reported(rt, tmp_path):
 
 
 def test_an_unexpected_error_fails_the_job_once_with_a_sidecar(rt, migrated_settings, monkeypatch):
-    from worker.queues import PROCESS_TASK
+    from worker.messaging.queues import PROCESS_TASK
 
     def broken(*_a, **_k):
         raise RuntimeError("renderer crashed")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from schemas import ModelMetadata
 from tests.modelgen import write_tiny_version
 from tests.test_retrain import retrain_env  # noqa: F401  (the fixture)
-from worker.cli import app as cli_app
+from worker.cli.main import app as cli_app
 from worker.db.models import ModelEvent, RetrainRun
 from worker.retrain import gates
 from worker.retrain.cycle import run_retrain

@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 from schemas import SourceDoor
 from tests.imagegen import jpeg_bytes, lesion_rgb
-from worker.celery_app import create_app, process_sender
-from worker.cli import app as cli_app
+from worker.messaging.celery_app import create_app, process_sender
+from worker.cli.main import app as cli_app
 from worker.db import jobs
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.models import Job, Prediction
 from worker.intake.admission import Intake
-from worker.reconciler import reconcile
-from worker.status import collect_status
+from worker.jobs.reconciler import reconcile
+from worker.cli.status import collect_status
 
 
 def _intake(settings, send):
@@ -212,7 +212,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_failed(migrated_settings):
 def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(migrated_settings):
     import time
 
-    from worker.heartbeat import JobHeartbeat, LeaseLost
+    from worker.jobs.heartbeat import JobHeartbeat, LeaseLost
 
     intake = _intake(migrated_settings, lambda job_id: None)
     job_id = _job(intake, 16)
@@ -234,7 +234,7 @@ def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(migrated_settings
 def test_the_heartbeat_stops_past_the_time_limit(migrated_settings):
     import time
 
-    from worker.heartbeat import JobHeartbeat, LeaseLost
+    from worker.jobs.heartbeat import JobHeartbeat, LeaseLost
 
     intake = _intake(migrated_settings, lambda job_id: None)
     job_id = _job(intake, 17)

@@ -10,11 +10,11 @@ from sqlalchemy import update
 from schemas import DeliveryKind, DeliveryState
 from tests.conftest import make_settings
 from tests.resultgen import FINISHED, insert_done_job
-from worker import tasks
-from worker.celery_worker import create_worker_app
+from worker.messaging import tasks
+from worker.messaging.celery_worker import create_worker_app
 from worker.db import deliveries
 from worker.db.deliveries import Delivery
-from worker.queues import (
+from worker.messaging.queues import (
     DELIVER_QUEUE,
     DELIVER_TASK,
     MAINTENANCE_QUEUE,

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import make_settings
 from tests.retraingen import png_bytes, tiny_lesion, write_tiny_dataset
+from worker.classify.export import ensure_export
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
 from worker.db.models import GroundTruth, Image, Lock, ModelEvent, RetrainRun, utcnow
@@ -105,7 +106,7 @@ def retrain_env(tmp_path, tiny_model_dir):
         settings = make_settings(tmp_path / "home", **values)
         settings.ensure_folders()
         upgrade(settings.database_url)
-        store = ModelStore(settings.model_store_dir)
+        store = ModelStore(settings.model_store_dir, export=ensure_export)
         store.set_current(store.add_version(tiny_model_dir))
         engine = make_engine(settings.database_url)
         engines.append(engine)

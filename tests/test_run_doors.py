@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from tests.conftest import make_settings
-from worker.service import celery_commands, child_env, door_banner, door_commands, supervisor_for
+from worker.process.service import celery_commands, child_env, door_banner, door_commands, supervisor_for
 
 
 def test_doors_are_children_of_run_by_default(settings):

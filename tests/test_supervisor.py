@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from worker.supervisor import GaveUp, Supervisor
+from worker.process.supervisor import GaveUp, Supervisor
 
 PY = sys.executable
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from schemas import CLASS_NAMES, ModelMetadata
 from tests.test_datachecks import blob_jpeg, make_fixture_data
+from worker.classify.export import ensure_export
 from worker.store.versions import ModelStore
 from worker.training import dataset
 from worker.training.cli import register
@@ -61,7 +62,7 @@ def test_train_writes_a_complete_version_folder(trained):
     calib = json.loads((out / "calibration.json").read_text())
     assert calib["temperature"] == pytest.approx(meta.temperature)
 
-    store = ModelStore(root / "store")
+    store = ModelStore(root / "store", export=ensure_export)
     version = store.add_version(out)
     store.set_current(version)
     assert not (store.version_dir(version) / "checkpoints").exists()
@@ -96,7 +97,7 @@ def test_resume_continues_from_checkpoints(trained):
 @pytest.mark.slow
 def test_predict_and_data_commands(trained, tmp_path):
     root, data, out, _, _ = trained
-    store = ModelStore(root / "store2")
+    store = ModelStore(root / "store2", export=ensure_export)
     version = store.add_version(out)
     store.set_current(version)
     img = next((data / "ham10000-224" / "images").iterdir())
@@ -116,7 +117,7 @@ def test_predict_and_data_commands(trained, tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_describe_commands(trained, tmp_path):
     root, data, out, _, _ = trained
-    store = ModelStore(root / "store3")
+    store = ModelStore(root / "store3", export=ensure_export)
     version = store.add_version(out)
     runner = CliRunner()
     res = runner.invoke(_app(), ["evaluate", "--model", version, "--data", str(data), "--store", str(store.root),

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from schemas import CLASS_NAMES, TruthSource
-from worker.cli import app as cli_app
+from worker.cli.main import app as cli_app
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.models import GroundTruth, Image, Job, Prediction
 from worker.retrain import truth

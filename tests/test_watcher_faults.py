@@ -31,12 +31,13 @@ from tests.faults.corpus import (
     place,
 )
 from tests.imagegen import jpeg_bytes, lesion_rgb
-from worker import pipeline
+from worker.classify.export import ensure_export
+from worker.jobs import pipeline
 from worker.db.models import Image, Job, Report, Submission
 from worker.intake import watcher as watcher_module
 from worker.intake.rejections import describe_exception
 from worker.intake.watcher import NAME_SUFFIX, PROCESSING_DIR, IntakeWatcher
-from worker.runtime import build_runtime
+from worker.jobs.runtime import build_runtime
 from worker.store.versions import ModelStore
 
 PATIENT_ID, PATIENT_NAME = "SECRET-PID-4711", "ROE^RICHARD"
@@ -62,7 +63,7 @@ def rt(request, backend, tmp_path, tiny_model_dir):
                              incomplete_grace_seconds=0)
     settings.ensure_folders()
     upgrade(settings.database_url)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     store.set_current(store.add_version(tiny_model_dir))
     runtime = build_runtime(settings, send=lambda job_id: None)
     yield runtime

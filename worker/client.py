@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from schemas import ImageMetadata, SourceDoor
-from worker.celery_app import create_app, process_sender
+from worker.messaging.celery_app import create_app, process_sender
 from worker.doors.http_client import HttpJobsClient
 from worker.doors.http_client import Submission as HttpSubmission
 from worker.intake.admission import Admission, open_intake

@@ -304,10 +304,10 @@ def _env_value(value: object) -> str:
 
 def service_environment(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a service process needs to build exactly ``settings``: every field
-    as ``TRIAGE_<FIELD>``, over what ``worker.service.child_env`` sets (when it exists)."""
+    as ``TRIAGE_<FIELD>``, over what ``worker.process.service.child_env`` sets (when it exists)."""
     env = dict(os.environ)
     try:
-        from worker.service import child_env
+        from worker.process.service import child_env
     except ImportError:
         child_env = None
     if child_env is not None:
@@ -324,8 +324,8 @@ def service_environment(settings: Settings, extra: dict[str, str] | None = None)
 
 def celery_command(settings: Settings, role: str = "worker", hostname: str | None = None) -> list[str]:
     """The command line ``melanoma-triage run`` uses for ``role``, read from
-    ``worker.service.celery_commands`` at call time (its ``-A`` target moves)."""
-    from worker.service import celery_commands
+    ``worker.process.service.celery_commands`` at call time (its ``-A`` target moves)."""
+    from worker.process.service import celery_commands
 
     cmd = list(celery_commands(settings)[role])
     if hostname:
@@ -465,9 +465,9 @@ def prepare_home(settings: Settings) -> None:
     """Folders, schema and the model store seeded from the shipped ``model_store/``,
     through whichever module holds ``prepare`` now (it is moving)."""
     try:
-        from worker.home import prepare
+        from worker.process.home import prepare
     except ImportError:
-        from worker.service import prepare
+        from worker.process.service import prepare
     prepare(settings)
 
 

@@ -26,9 +26,9 @@ from tests.faults.services import (
     wait_until,
 )
 from tests.imagegen import jpeg_bytes, lesion_rgb
-from worker.celery_app import create_app
+from worker.messaging.celery_app import create_app
 from worker.client import TriageClient
-from worker.queues import PROCESS_TASK, TRIAGE_QUEUE
+from worker.messaging.queues import PROCESS_TASK, TRIAGE_QUEUE
 
 pytestmark = pytest.mark.integration
 

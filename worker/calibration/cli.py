@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli_options import HomeOption, JsonOption, settings_for
-from worker.cli_output import ExitCode, emit_json, fail
+from worker.cli.options import HomeOption, JsonOption, settings_for
+from worker.cli.output import ExitCode, emit_json, fail
 
 
 def calibrate(
@@ -32,13 +32,14 @@ def calibrate(
     from worker.calibration import site
     from worker.db.engine import make_engine, make_session_factory
     from worker.errors import ModelNotAvailable
-    from worker.home import prepare
+    from worker.process.home import prepare
     from worker.retrain.gates import GatePolicy
+    from worker.classify.export import ensure_export
     from worker.store.versions import ModelStore
 
     settings = settings_for(home)
     prepare(settings)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     base = version or store.current_version()
     if base is None:
         fail("no current model version", ExitCode.NOT_READY)

@@ -33,7 +33,7 @@ from worker.classify.runtime_litert import LiteRTModel
 from worker.durable import write_atomic
 from worker.errors import ModelNotAvailable
 from worker.store.version_files import (METADATA_FILE, MODEL_FILE, SERVING_FILE, SERVING_MODEL_FILE,
-                                        file_sha256)
+                                        adopt_export, file_sha256, read_serving, serving_is_current)
 
 SERVING_FORMAT = "litert-float32"
 # Largest |Δ logit| accepted between Keras and the exported model on the probe images.
@@ -138,36 +138,9 @@ def export_version(version_dir: Path) -> Path:
     return target
 
 
-def serving_is_current(version_dir: Path, keras_sha256: str) -> bool:
-    """The version has an intact export made from the Keras model ``keras_sha256``."""
-    record = read_serving(version_dir)
-    if not record or record.get("source_sha256") != keras_sha256:
-        return False
-    path = Path(version_dir) / record.get("file", SERVING_MODEL_FILE)
-    return path.is_file() and file_sha256(path) == record.get("sha256")
-
-
 def tensorflow_installed() -> bool:
     """Whether this environment can export (the ``[train]`` extra), without importing TensorFlow."""
     return "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is not None
-
-
-def adopt_export(version_dir: Path, keras_sha256: str, donors: Iterable[Path] = ()) -> bool:
-    """True when ``version_dir`` has a current export, copying one from a ``donor`` version
-    exported from the same Keras file if need be (no TensorFlow needed)."""
-    version_dir = Path(version_dir)
-    if serving_is_current(version_dir, keras_sha256):
-        return True
-    for donor in donors:
-        donor = Path(donor)
-        if donor != version_dir and serving_is_current(donor, keras_sha256):
-            record = read_serving(donor)
-            write_atomic(version_dir / SERVING_MODEL_FILE,
-                         (donor / record.get("file", SERVING_MODEL_FILE)).read_bytes())
-            write_atomic(version_dir / SERVING_FILE, (donor / SERVING_FILE).read_bytes())
-            if serving_is_current(version_dir, keras_sha256):
-                return True
-    return False
 
 
 def ensure_export(version_dir: Path, keras_sha256: str, donors: Iterable[Path] = ()) -> bool:
@@ -196,14 +169,6 @@ def ensure_export(version_dir: Path, keras_sha256: str, donors: Iterable[Path] =
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelNotAvailable(f"model {version_dir.name}: LiteRT export failed ({last[:300]})")
     return serving_is_current(version_dir, keras_sha256)
-
-
-def read_serving(version_dir: Path) -> dict | None:
-    """``serving.json`` of a version, or None when the version was never exported."""
-    try:
-        return json.loads((Path(version_dir) / SERVING_FILE).read_text())
-    except FileNotFoundError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> None:

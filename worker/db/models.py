@@ -83,7 +83,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # The running attempt's lease, renewed by its heartbeat: once past, its worker is taken
-    # for dead and the reconciler sends the job again (worker.heartbeat, worker.reconciler).
+    # for dead and the reconciler sends the job again (worker.jobs.heartbeat, worker.jobs.reconciler).
     lease_expires_at: Mapped[datetime | None]
     # Every message sent for this job: the reconciler re-sends at most once per stale period.
     last_sent_at: Mapped[datetime | None]

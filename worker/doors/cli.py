@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli_output import emit_json, fail, note
+from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
+from worker.cli.output import emit_json, fail, note
 
 tokens_app = typer.Typer(help="Bearer tokens of the HTTP API (stored hashed).",
                          pretty_exceptions_show_locals=False, no_args_is_help=True)
@@ -48,7 +48,7 @@ def serve(home: HomeOption = None) -> None:
 
 def receive_dicom(home: HomeOption = None) -> None:
     """Run only the DICOM receiver on TRIAGE_DICOM_PORT (default 11112; production: one container)."""
-    from worker.celery_app import create_app, process_sender
+    from worker.messaging.celery_app import create_app, process_sender
     from worker.doors.dicom_receiver import start_dicom_receiver
     from worker.intake.admission import open_intake
 

@@ -37,8 +37,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas import ImageMetadata, JobState, RejectionReason, SourceDoor
-from worker.celery_app import broker_connection_check
-from worker.celery_app import create_app as create_celery_app
+from worker.messaging.celery_app import broker_connection_check
+from worker.messaging.celery_app import create_app as create_celery_app
 from worker.db.integration import IdempotencyKey
 from worker.db.models import Image, Job
 from worker.doors.capacity import refusal
@@ -368,7 +368,7 @@ def start_http_server(settings: Settings, intake: Intake, startup_timeout: float
 
 def run_http(settings: Settings) -> int:
     """Serve the API in this thread until SIGINT/SIGTERM (``melanoma-triage serve``)."""
-    from worker.celery_app import process_sender
+    from worker.messaging.celery_app import process_sender
     from worker.intake.admission import open_intake
 
     intake = open_intake(settings, process_sender(create_celery_app(settings)))

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli_output import emit_json, fail, progress
+from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
+from worker.cli.output import emit_json, fail, progress
 
 monitor_app = typer.Typer(help="Site shift monitor: reference distributions and live comparison.",
                           pretty_exceptions_show_locals=False, no_args_is_help=True)

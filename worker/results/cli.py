@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli_options import HomeOption, settings_for
+from worker.cli.options import HomeOption, settings_for
 from worker.db import deliveries
 from worker.results.delivery_status import delivery_row
 from schemas import DeliveryState

@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 import typer
 
 from schemas import LesionClass, ModelAction, RetrainState, TruthSource
-from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli_output import ExitCode, emit_json, fail, progress, stdout_as_log
+from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
+from worker.cli.output import ExitCode, emit_json, fail, progress, stdout_as_log
 from worker.training.loso_report import RULES
 
 #: ``models apply-loso --rule`` choices (``--help`` lists them).
@@ -38,18 +38,19 @@ class _Context:
 
     def __init__(self, home: Path | None, read_only: bool = False, database: bool = True) -> None:
         from worker.db.engine import make_engine, make_session_factory
+        from worker.classify.export import ensure_export
         from worker.store.versions import ModelStore
 
         if read_only:
             self.settings = ready_settings(home, database=database)
         else:
-            from worker.home import prepare
+            from worker.process.home import prepare
 
             self.settings = settings_for(home)
             prepare(self.settings)
         self.engine = make_engine(self.settings.database_url) if database else None
         self.sessions = make_session_factory(self.engine) if database else None
-        self.store = ModelStore(self.settings.model_store_dir)
+        self.store = ModelStore(self.settings.model_store_dir, export=ensure_export)
 
     def __enter__(self) -> _Context:
         return self
@@ -348,7 +349,7 @@ def retrain(
     import logging
     import time
 
-    from worker.home import prepare
+    from worker.process.home import prepare
     from worker.retrain.cycle import run_retrain
 
     if not now:

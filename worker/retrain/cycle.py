@@ -51,6 +51,7 @@ from worker.retrain.locked_set import EVAL, TRAIN, LockedSet
 from worker.retrain.training import Trainer, TrainRequest, load_trainer
 from worker.settings import Settings
 from worker.store import admin
+from worker.classify.export import ensure_export
 from worker.store.versions import METADATA_FILE, MODEL_FILE, ModelStore
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def _abandon_stale_runs(sessions: sessionmaker[Session], home: Path) -> int:
 
 def _start(settings: Settings, sessions: sessionmaker[Session], lease: DbLease, trigger: str) -> _Run:
     """The RetrainRun row of this run (state running), against the current champion."""
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     champion = store.current_version()
     with sessions.begin() as s:
         row = RetrainRun(trigger=trigger, state=RetrainState.RUNNING.value, champion_version=champion)

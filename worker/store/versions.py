@@ -19,16 +19,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
 from schemas import ModelMetadata
 from worker.durable import write_atomic
 from worker.errors import ModelNotAvailable
-from worker.store.version_files import METADATA_FILE, MODEL_FILE, file_sha256
+from worker.store.version_files import METADATA_FILE, MODEL_FILE, adopt_export, file_sha256
 
 __all__ = ["METADATA_FILE", "MODEL_FILE", "CURRENT_FILE", "SHADOW_FILE", "ModelStore",
            "file_sha256", "shipped_store_root"]
+
+#: Makes a staged version's serving export: ``(version_dir, keras_sha256, donors)``.
+#: ``worker.classify.export.ensure_export`` is the one the commands that add versions pass.
+ExportFn = Callable[[Path, str, Iterable[Path]], object]
 
 CURRENT_FILE = "CURRENT"
 SHADOW_FILE = "SHADOW"
@@ -42,8 +47,13 @@ def shipped_store_root() -> Path:
 class ModelStore:
     """One store root on disk. Pointer changes with their record: ``worker.store.admin``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, export: ExportFn | None = None) -> None:
+        """``export`` makes the serving export of a version being added. Without one (a
+        reader, or a store that only receives versions exported elsewhere) a new version
+        keeps the export it arrives with, or copies that of a version with the same weights.
+        """
         self.root = Path(root)
+        self.export = export or adopt_export
 
     @property
     def versions_dir(self) -> Path:
@@ -116,8 +126,9 @@ class ModelStore:
         """Copy a finished version folder in; the copy appears atomically or not at all.
 
         Its LiteRT export (what workers serve) is made in the staging copy, before the version
-        appears (``worker.classify.export.ensure_export``): train, retrain and calibrate all
-        add versions here. An export that disagrees with the Keras model refuses the version.
+        appears, by the store's ``export`` function (train, retrain and calibrate hand in
+        ``worker.classify.export.ensure_export``). An export that disagrees with the Keras
+        model refuses the version.
         """
         source_dir = Path(source_dir)
         meta = ModelMetadata.model_validate_json((source_dir / METADATA_FILE).read_text())
@@ -141,15 +152,10 @@ class ModelStore:
         return meta.version
 
     def _export_for_serving(self, version_dir: Path, keras_sha256: str) -> None:
-        from worker.classify.export import ensure_export  # imports TensorFlow only if it must
-
-        ensure_export(version_dir, keras_sha256,
-                      donors=[self.version_dir(v) for v in self.list_versions()])
+        self.export(version_dir, keras_sha256, [self.version_dir(v) for v in self.list_versions()])
 
     def seed_from(self, shipped: Path | None = None) -> None:
         """Copy in shipped versions this store lacks; adopt the shipped current if none."""
-        from worker.classify.export import adopt_export
-
         shipped_store = ModelStore(shipped or shipped_store_root())
         for version in shipped_store.list_versions():
             self.add_version(shipped_store.version_dir(version))

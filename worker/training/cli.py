@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from worker.cli_output import ExitCode, emit_json, fail, progress, stdout_as_log
+from worker.cli.output import ExitCode, emit_json, fail, progress, stdout_as_log
 from worker.training.config import AUGMENTATIONS, COLOUR_CONSTANCY, LR_SCHEDULES, default
 from worker.training.efficientnet_lite import VARIANTS, native_size
 from worker.training.network import BACKBONES, DEFAULT_UNFREEZE, DEFAULT_WEIGHTS, IMAGENET

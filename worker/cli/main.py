@@ -1,7 +1,7 @@
 """The ``melanoma-triage`` command.
 
 Every command behaves the same way: results on stdout (``--json`` for machines), progress
-and logs on stderr, exit codes from :class:`worker.cli_output.ExitCode`. Read-only
+and logs on stderr, exit codes from :class:`worker.cli.output.ExitCode`. Read-only
 commands (``status``, ``models list``, ``metrics``) never create or migrate anything.
 """
 
@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from schemas import ImageMetadata, JobState, Laterality, SourceDoor
-from worker.cli_options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli_output import EXIT_CODES_HELP, ExitCode, emit_json
+from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
+from worker.cli.output import EXIT_CODES_HELP, ExitCode, emit_json
 
 # Never print local variables in tracebacks: they can hold patient data or credentials.
 app = typer.Typer(
@@ -59,7 +59,7 @@ def _logging(verbose: bool = False) -> None:
 @app.command()
 def run(home: HomeOption = None) -> None:
     """Start the watcher, a worker and beat on the embedded defaults (Ctrl-C stops)."""
-    from worker.service import run_service
+    from worker.process.service import run_service
 
     _logging()
     code = run_service(settings_for(home))
@@ -102,7 +102,7 @@ def enqueue(
     Prints the job id and its state; exit code 1 when the image was rejected at the door.
     """
     from worker.client import TriageClient
-    from worker.home import prepare
+    from worker.process.home import prepare
 
     try:
         image_metadata = ImageMetadata(patient_id=patient_id, accession_number=accession,
@@ -128,7 +128,7 @@ def enqueue(
 @app.command()
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Jobs by state, queue depth, counts per triage level, current model version (read-only)."""
-    from worker.status import collect_status, format_status
+    from worker.cli.status import collect_status, format_status
 
     info = collect_status(ready_settings(home))
     if as_json:
@@ -143,7 +143,7 @@ def reconcile(home: HomeOption = None, as_json: JsonOption = False) -> None:
     from datetime import timedelta
 
     from worker.client import TriageClient
-    from worker.reconciler import reconcile as do_reconcile
+    from worker.jobs.reconciler import reconcile as do_reconcile
 
     settings = ready_settings(home)
     with TriageClient(settings) as client:
@@ -158,7 +158,7 @@ def reconcile(home: HomeOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def init(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Create the folders, migrate the database and seed the model store (idempotent)."""
-    from worker.home import prepare
+    from worker.process.home import prepare
     from worker.store.versions import ModelStore
 
     settings = settings_for(home)

@@ -6,7 +6,7 @@ backlog of 150 images ran at about half the speed its CPU time allows), and a sh
 interval burns CPU in every idle process: :class:`Transport` polls adaptively and is woken by
 the acknowledgement that frees its prefetch slot. kombu also creates a message file empty and
 writes it afterwards while readers take files without a lock: :meth:`Channel._put` writes
-each message whole before it can be read. ``worker.celery_app.create_app`` configures it for
+each message whole before it can be read. ``worker.messaging.celery_app.create_app`` configures it for
 the embedded broker only (Redis is unchanged).
 """
 

@@ -1,6 +1,6 @@
 """The app that Celery's worker, beat and flower run: the configuration plus the tasks.
 
-``celery -A worker.celery_worker:app`` reads ``app``, which is built from the TRIAGE_*
+``celery -A worker.messaging.celery_worker:app`` reads ``app``, which is built from the TRIAGE_*
 environment on first access (a module ``__getattr__``), so importing this module builds
 no settings; tests and ``melanoma-triage run`` call :func:`create_worker_app` instead.
 """
@@ -11,9 +11,9 @@ from functools import cache
 
 from celery import Celery
 
-from worker.celery_app import create_app
+from worker.messaging.celery_app import create_app
 from worker.settings import Settings
-from worker.tasks import register_tasks
+from worker.messaging.tasks import register_tasks
 
 
 def create_worker_app(settings: Settings) -> Celery:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from worker.cli_output import ExitCode, fail
+from worker.cli.output import ExitCode, fail
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -33,7 +33,7 @@ def settings_for(home: Path | None) -> Settings:
 def ready_settings(home: Path | None, database: bool = True) -> Settings:
     """Settings for a read-only command: a home that is not set up yet ends the command with
     one line and exit code 3; nothing is created or migrated."""
-    from worker.readiness import readiness_problem
+    from worker.process.readiness import readiness_problem
 
     settings = settings_for(home)
     problem = readiness_problem(settings, database=database)

@@ -8,7 +8,7 @@ the worker dies at start-up), and a truncating create racing a locked update lea
 ``Extra data`` behind, which then kills every start.
 
 Once a file exists kombu only opens it ``rb+`` under an exclusive lock and never truncates
-it on bind, which is safe. So every process (``worker.celery_app.create_app``) first:
+it on bind, which is safe. So every process (``worker.messaging.celery_app.create_app``) first:
 
 * creates each missing exchange file complete, atomically and without clobbering
   (written aside, then ``os.link``-ed into place: the link fails if another process won);
@@ -16,7 +16,7 @@ it on bind, which is safe. So every process (``worker.celery_app.create_app``) f
   holds are kept, the queues we need are added back, the rest is dropped (a worker's
   pidbox binding is declared again when that worker starts).
 
-How the embedded broker polls and writes messages is ``worker.filesystem_transport`` (the
+How the embedded broker polls and writes messages is ``worker.messaging.filesystem_transport`` (the
 Celery layer); this module imports neither Celery nor kombu, so the supervisor can prepare
 the folder before it starts any child.
 """

@@ -20,14 +20,14 @@ from worker.classify.triage import explain
 from worker.db import jobs
 from worker.durable import fsync_dir
 from worker.errors import InputRejected
-from worker.heartbeat import JobHeartbeat
+from worker.jobs.heartbeat import JobHeartbeat
 from worker.imaging import DecodeLimits, decode_bytes
 from worker.imaging.decode import DRAFT_MIN_SIDE
 from worker.imaging.quality import assess_quality
 from worker.intake import archive
 from worker.intake.rejections import record_rejection
 from worker.report import ReportContent, render_report, report_filename
-from worker.runtime import Runtime
+from worker.jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ they die, with backoff, and the service gives up only on repeated fast failures.
 
 One dead process must not stop the service: a Celery worker killed by the OOM killer or
 by hand is started again within seconds, and the jobs it held come back through their
-expired leases (``worker.reconciler``). A child that keeps dying right after its start
+expired leases (``worker.jobs.reconciler``). A child that keeps dying right after its start
 (a broken configuration, a port in use) is given up after ``max_restarts`` exits within
 ``window_s``, loudly, rather than restarted forever.
 

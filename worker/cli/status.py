@@ -1,7 +1,7 @@
 """What ``melanoma-triage status`` shows.
 
 Read-only: nothing here creates a folder or a database file or migrates a schema (the
-command checks :func:`worker.readiness.readiness_problem` first).
+command checks :func:`worker.process.readiness.readiness_problem` first).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from schemas import TriageLevel
 from worker.db import jobs
 from worker.db.engine import make_engine, make_session_factory
 from worker.monitor.shift import format_lines, status_summary
-from worker.queues import TRIAGE_QUEUE
+from worker.messaging.queues import TRIAGE_QUEUE
 from worker.results.delivery_status import delivery_status, format_delivery_status
 from worker.settings import Settings
 from worker.store.versions import ModelStore
@@ -18,7 +18,7 @@ from worker.store.versions import ModelStore
 
 def queue_depth(settings: Settings, queue: str = TRIAGE_QUEUE) -> int | None:
     """Messages waiting in the broker; None when the broker cannot be reached."""
-    from worker.celery_app import create_app  # Celery only for this one figure
+    from worker.messaging.celery_app import create_app  # Celery only for this one figure
 
     app = create_app(settings)
     try:

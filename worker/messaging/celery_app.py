@@ -1,8 +1,8 @@
 """The Celery application: reliable, JSON-only configuration built from the settings.
 
 This app has no tasks: a sender needs none, because tasks are sent by name
-(``worker.queues``). The app the worker and beat run, with the tasks registered, is
-``worker.celery_worker``. Never import TensorFlow here (the worker forks after importing it).
+(``worker.messaging.queues``). The app the worker and beat run, with the tasks registered, is
+``worker.messaging.celery_worker``. Never import TensorFlow here (the worker forks after importing it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from celery import Celery
 from celery.schedules import crontab
 
-from worker.queues import (
+from worker.messaging.queues import (
     DELIVER_QUEUE,
     DELIVER_TASK,
     MAINTENANCE_QUEUE,
@@ -23,8 +23,8 @@ from worker.queues import (
     RETRAIN_TASK,
     TRIAGE_QUEUE,
 )
-from worker.filesystem_transport import Transport as FilesystemTransport
-from worker.filesystem_broker import prepare_control_folder
+from worker.messaging.filesystem_transport import Transport as FilesystemTransport
+from worker.messaging.filesystem_broker import prepare_control_folder
 from worker.settings import Settings
 
 
@@ -43,7 +43,7 @@ def _transport_options(settings: Settings) -> dict:
             "processed_folder": str(settings.broker_dir / "processed"),
             "control_folder": str(settings.broker_dir / "control"),  # default: the cwd
             "store_processed": False,
-            # worker.filesystem_transport.Transport: 5 ms after a message, doubling while the
+            # worker.messaging.filesystem_transport.Transport: 5 ms after a message, doubling while the
             # queues stay empty, to at most this: an idle process polls 4x/s, and an image
             # waits at most this long in an idle queue; a freed prefetch slot polls at once.
             "polling_interval": 0.25,
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> Celery:
     """A configured app without tasks; ``app.triage_settings`` carries the settings along.
 
     On the embedded filesystem broker every process first makes the broker's exchange
-    files whole (``worker.filesystem_broker``): kombu's own creation of them races."""
+    files whole (``worker.messaging.filesystem_broker``): kombu's own creation of them races."""
     if settings.uses_filesystem_broker:
         prepare_control_folder(settings.broker_dir / "control", QUEUES)
     app = Celery("melanoma_triage")

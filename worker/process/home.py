@@ -1,7 +1,7 @@
 """A home folder made ready to use: folders, database schema, model store seed.
 
 Every command that writes calls :func:`prepare` first; it is idempotent. It lives apart
-from the process supervisor (``worker.service``) so that retraining and the CLI can make
+from the process supervisor (``worker.process.service``) so that retraining and the CLI can make
 a home ready without importing the supervisor.
 """
 

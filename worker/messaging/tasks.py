@@ -3,7 +3,7 @@
 Retries: transient trouble (database or broker down, disk, no model yet) is retried with
 backoff; rejected input never is; the attempts counter in the jobs table stops a
 poisonous image that kills its worker from looping. :func:`register_tasks` puts them on
-an app from ``worker.celery_app.create_app``, so tests and production share them.
+an app from ``worker.messaging.celery_app.create_app``, so tests and production share them.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
 from schemas import JobState, RejectionReason
-from worker import pipeline, reconciler
-from worker.celery_app import deliver_sender, process_sender
+from worker.jobs import pipeline
+from worker.jobs import reconciler
+from worker.messaging.celery_app import deliver_sender, process_sender
 from worker.db import jobs, task_claims
 from worker.db.models import Job
 from worker.errors import TransientError
-from worker.heartbeat import LeaseLost
+from worker.jobs.heartbeat import LeaseLost
 from worker.intake.rejections import describe_exception, record_rejection
-from worker.queues import (DELIVER_TASK, PROCESS_TASK, RECONCILE_TASK, REDELIVER_TASK,
+from worker.messaging.queues import (DELIVER_TASK, PROCESS_TASK, RECONCILE_TASK, REDELIVER_TASK,
                            RETRAIN_TASK, TRIAGE_QUEUE)
 from worker.results import redelivery
 from worker.results.delivery import deliver_results
-from worker.runtime import Runtime, build_runtime
+from worker.jobs.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 

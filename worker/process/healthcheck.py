@@ -1,9 +1,9 @@
 """Container healthchecks (docker-compose ``healthcheck:``): exit 0 when healthy, 1 when not.
 
-    python -m worker.healthcheck beat      # the schedule file was written recently
-    python -m worker.healthcheck watcher   # intake folder writable, database reachable
-    python -m worker.healthcheck http URL  # an HTTP endpoint answers 2xx (Flower, the API)
-    python -m worker.healthcheck tcp PORT  # something accepts connections (the DICOM receiver)
+    python -m worker.process.healthcheck beat      # the schedule file was written recently
+    python -m worker.process.healthcheck watcher   # intake folder writable, database reachable
+    python -m worker.process.healthcheck http URL  # an HTTP endpoint answers 2xx (Flower, the API)
+    python -m worker.process.healthcheck tcp PORT  # something accepts connections (the DICOM receiver)
 
 Celery workers are checked with ``celery inspect ping -d <name>@$HOSTNAME`` (a reply
 through the broker from the worker's own main process). Settings come from the TRIAGE_*

@@ -1,6 +1,6 @@
 """``melanoma-triage run``: one process tree on the embedded defaults. The parent watches
 the intake folder and supervises the children (triage, retrain and deliver workers, beat):
-a child that dies is restarted with backoff (``worker.supervisor``). The parent never
+a child that dies is restarted with backoff (``worker.process.supervisor``). The parent never
 imports TensorFlow."""
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ import sys
 import threading
 import time
 
-from worker.celery_app import QUEUES
+from worker.messaging.celery_app import QUEUES
 from worker.client import TriageClient
-from worker.filesystem_broker import prepare_control_folder
-from worker.home import prepare
+from worker.messaging.filesystem_broker import prepare_control_folder
+from worker.process.home import prepare
 from worker.intake.watcher import IntakeWatcher
-from worker.queues import DELIVER_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, TRIAGE_QUEUE
+from worker.messaging.queues import DELIVER_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, TRIAGE_QUEUE
 from worker.settings import Settings
 from worker.store.versions import ModelStore
-from worker.supervisor import GaveUp, Supervisor
+from worker.process.supervisor import GaveUp, Supervisor
 
 log = logging.getLogger(__name__)
 
 #: What ``celery -A`` loads: the worker app, built from the TRIAGE_* environment.
-CELERY_APP = "worker.celery_worker:app"
+CELERY_APP = "worker.messaging.celery_worker:app"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
