@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     max_backlog: int = Field(10_000, ge=1, description="Waiting jobs; doors refuse more")
     http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any free port)")
+    # Clinician workspace (worker/workspace): pages under /ui/ of the HTTP API.
+    ui_secure_cookies: Literal["auto", "true", "false"] = Field(
+        "auto", description="Session cookies marked Secure: auto = Secure unless the page is plain "
+        "http on this machine (localhost), and sign-in over plain http from elsewhere is refused; "
+        "true = always; false = never (a trusted network without TLS only)")
+    ui_session_idle_minutes: int = Field(30, ge=1, description="A workspace session ends after this long unused")
+    ui_session_max_hours: int = Field(12, ge=1, description="A workspace session ends this long after sign-in")
+    ui_signin_max_failures: int = Field(5, ge=1, description="Failed sign-ins (per user name or per client "
+                                        "address) before sign-in is refused for ui_signin_lockout_minutes")
+    ui_signin_lockout_minutes: int = Field(15, ge=1, description="Window of ui_signin_max_failures")
     # Results delivery (worker/results): DICOM to PACS, FHIR to the EHR, webhook for urgent results.
     dicom_destinations: str = Field("", description="C-STORE destinations, comma-separated AE@host:port")
     dicom_return_to_caller: bool = Field(False, description="Also send results to the AE that sent the image")
