@@ -195,6 +195,7 @@ def _register_command_groups() -> None:
     from worker.results.cli import app as deliveries_app
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
+    from worker.workspace.cli import register as register_workspace
 
     register_training(app)
     register_retrain(app)
@@ -202,6 +203,7 @@ def _register_command_groups() -> None:
     app.add_typer(deliveries_app, name="deliveries")  # deliveries list|resend
     register_monitor(app)  # monitor reference|shift
     register_calibration(app)  # calibrate
+    register_workspace(app)  # users create|list|disable|reset-password, audit list
 
 
 _register_command_groups()

@@ -255,6 +255,9 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return Response(render_metrics(settings, door.sessions),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    from worker.workspace.web import create_workspace_app  # the clinician workspace (issue 21)
+
+    app.mount("/ui", create_workspace_app(settings, door.sessions))
     app.add_middleware(UploadSizeLimit, max_body=settings.max_file_bytes + MULTIPART_OVERHEAD)
     return app
 
