@@ -48,6 +48,7 @@ from worker.doors.metrics import render_metrics
 from worker.doors.tokens import verify_token
 from worker.intake.admission import Intake
 from worker.settings import Settings
+from worker.workspace.application import create_workspace_app
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +256,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return Response(render_metrics(settings, door.sessions),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    from worker.workspace.web import create_workspace_app  # the clinician workspace (issue 21)
-
-    app.mount("/ui", create_workspace_app(settings, door.sessions))
+    app.mount("/ui", create_workspace_app(settings, door.sessions))  # the clinician workspace
     app.add_middleware(UploadSizeLimit, max_body=settings.max_file_bytes + MULTIPART_OVERHEAD)
     return app
 

@@ -16,14 +16,16 @@ class Bar:
     threshold: float | None
     threshold_x: float | None
     threshold_label: str | None
-    over: bool  # at or above its threshold
+    alert: bool  # on the side of its threshold that sets the level (drawn red)
 
 
-def bar(label: str, value: float, threshold: float | None = None, threshold_label: str | None = None) -> Bar:
+def bar(label: str, value: float, threshold: float | None = None, threshold_label: str | None = None,
+        alert_below: bool = False) -> Bar:
+    """``alert_below``: the rule fires under the threshold (the confidence floor), not at or above it."""
     value = min(max(float(value), 0.0), 1.0)
     x = None if threshold is None else round(threshold * BAR_WIDTH, 1)
-    return Bar(label, value, round(value * BAR_WIDTH, 1), threshold, x, threshold_label,
-               threshold is not None and value >= threshold)
+    alert = threshold is not None and ((value < threshold) if alert_below else (value >= threshold))
+    return Bar(label, value, round(value * BAR_WIDTH, 1), threshold, x, threshold_label, alert)
 
 
 @dataclass(frozen=True)

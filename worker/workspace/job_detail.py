@@ -79,7 +79,7 @@ def _bars(pred: Prediction, thresholds: TriageThresholds | None) -> tuple[list[B
         bar("BCC + SCC + actinic keratosis", sum(probs[c] for c in SOON_CLASSES), thresholds.soon_keratinocyte,
             f"soon threshold {percent(thresholds.soon_keratinocyte)}"),
         bar("Most probable class", max(probs.values()), thresholds.min_confidence,
-            f"confidence floor {percent(thresholds.min_confidence)}"),
+            f"confidence floor {percent(thresholds.min_confidence)}", alert_below=True),
     ]
     return classes, rules
 

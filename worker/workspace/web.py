@@ -1,4 +1,5 @@
-"""The workspace's ASGI app, mounted at ``/ui`` by the HTTP API (``worker.doors.http_api``).
+"""What every page of the workspace uses: its context, the signed-in person, role and CSRF
+checks, rendering (the app itself: ``worker.workspace.application``).
 
 Every page needs a signed-in session (else: the sign-in page); every POST needs the form's
 ``csrf_token`` (else: 403), and the role its action needs (else: 403, recorded). Responses
@@ -10,33 +11,23 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from importlib import resources
-from pathlib import Path
-from urllib.parse import quote, urlencode
+from datetime import timedelta
 
 import jinja2
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import FormData
 
 from worker.settings import Settings
 from worker.store.versions import ModelStore
 from worker.workspace import audit
-from worker.workspace.browser_sessions import (
-    SESSION_COOKIE,
-    SIGNIN_CSRF_COOKIE,
-    SessionPolicy,
-    SignedIn,
-    find_session,
-)
+from worker.workspace.browser_sessions import SESSION_COOKIE, SessionPolicy, SignedIn, find_session
 from worker.workspace.throttle import ThrottlePolicy
 from worker.workspace.users import Role
 
 PREFIX = "/ui"
-_HEADERS = {
+SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -142,56 +133,3 @@ def render(request: Request, name: str, status_code: int = 200, **context) -> HT
         prefix=PREFIX, who=who, csrf_token=who.csrf_token if who else context.pop("signin_csrf", ""),
         path=request.url.path, Role=Role, **context)
     return HTMLResponse(html, status_code=status_code)
-
-
-def _utc(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes that were stored as UTC."""
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
-
-
-def _templates() -> jinja2.Environment:
-    folder = Path(str(resources.files("worker.workspace") / "templates"))
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda p: "–" if p is None else f"{100 * p:.1f} %"
-    env.filters["when"] = lambda ts: "–" if ts is None else _utc(ts).strftime("%Y-%m-%d %H:%M UTC")
-    env.filters["urlencode_page"] = lambda params, page: urlencode({**dict(params), "page": page})
-    return env
-
-
-def create_workspace_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
-    """The ``/ui`` app over the HTTP API's database sessions."""
-    from worker.workspace import pages_auth, pages_jobs, pages_site
-
-    app = FastAPI(title="melanoma-triage clinician workspace", docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    app.state.workspace = Workspace(settings, sessions, ModelStore(settings.model_store_dir), _templates())
-    app.mount("/static", StaticFiles(directory=str(resources.files("worker.workspace") / "statics")),
-              name="static")
-    for module in (pages_auth, pages_jobs, pages_site):
-        app.include_router(module.router)
-
-    @app.exception_handler(NotSignedIn)
-    async def _sign_in_first(request: Request, _: NotSignedIn) -> Response:
-        if request.method != "GET":
-            return HTMLResponse("Signed out: sign in again.", status_code=401)
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
-
-    @app.exception_handler(PasswordChangeDue)
-    async def _change_password_first(request: Request, _: PasswordChangeDue) -> Response:
-        return RedirectResponse(f"{PREFIX}/password", status_code=303)
-
-    @app.exception_handler(HTTPException)
-    async def _error_page(request: Request, exc: HTTPException) -> Response:
-        return render(request, "error.html", status_code=exc.status_code, status=exc.status_code,
-                      detail=exc.detail)
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next) -> Response:
-        response = await call_next(request)
-        for key, value in _HEADERS.items():
-            response.headers.setdefault(key, value)
-        return response
-
-    return app
