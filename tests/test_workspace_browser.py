@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from playwright import sync_api as playwright_api  # [test] extra; the browser is Debian's chromium
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -33,8 +34,6 @@ from worker.jobs.runtime import build_runtime
 from worker.store.versions import ModelStore
 from worker.workspace.users import create_user
 from worker.workspace.worklist import LEVEL_ORDER
-
-playwright_api = pytest.importorskip("playwright.sync_api")  # installed by scripts/setup.sh ([test])
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -97,6 +96,7 @@ def site(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def browser():
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium"
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
