@@ -3,6 +3,7 @@ commands, cookies and sessions, the plain-HTTP rule, the worklist query (also on
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -165,6 +166,18 @@ def TestClient(app, base_url: str):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient as Client
     return Client(app, base_url=base_url)
+
+
+def test_search_terms_never_reach_the_access_log(served, caplog):
+    client, _ = served()
+    _signin(client)
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        assert client.get("/ui/worklist", params={"q": "PATIENT-SECRET-42"}).status_code == 200
+        client.get("/ui/login")
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/ui/worklist?[query not logged]" in line for line in lines), lines
+    assert not any("PATIENT-SECRET-42" in line for line in lines)
+    client.close()
 
 
 def test_secure_cookies_when_configured(tmp_path):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.settings import Settings
 from worker.store.versions import ModelStore
 from worker.workspace import pages_auth, pages_jobs, pages_site
+from worker.workspace.access_log import redact_workspace_queries
 from worker.workspace.web import SECURITY_HEADERS, PREFIX, NotSignedIn, PasswordChangeDue, Workspace, render
 
 
@@ -36,6 +37,7 @@ def _templates() -> jinja2.Environment:
 
 def create_workspace_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     """The ``/ui`` app over the HTTP API's database sessions."""
+    redact_workspace_queries()  # the search carries patient ids: never in the access log
     app = FastAPI(title="melanoma-triage clinician workspace", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.workspace = Workspace(settings, sessions, ModelStore(settings.model_store_dir), _templates())
