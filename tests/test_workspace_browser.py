@@ -19,14 +19,15 @@ from playwright import sync_api as playwright_api  # [test] extra; the browser i
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from schemas import ImageMetadata, SourceDoor, TriageLevel
+from schemas import ImageMetadata, RetrainState, SourceDoor, TriageLevel
 from tests.conftest import make_settings
 from tests.imagegen import dicom_bytes, jpeg_bytes, lesion_rgb, truncated_dicom_bytes
+from tests.modelgen import write_tiny_version
 from tests.resultgen import insert_done_job
 from worker.classify.export import ensure_export
 from worker.cli.main import app as cli_app
 from worker.db.migrate import upgrade
-from worker.db.models import Job
+from worker.db.models import Job, RetrainRun
 from worker.db.workspace import JobReview
 from worker.doors.http_api import start_http_server
 from worker.jobs import pipeline
@@ -89,6 +90,7 @@ def site(tmp_path_factory, tiny_model_dir):
     create_user(s.sessions, "clara", "clinician", PASSWORD)
     create_user(s.sessions, "victor", "viewer", PASSWORD)
     create_user(s.sessions, "dave", "clinician", PASSWORD)
+    create_user(s.sessions, "ada", "admin", PASSWORD)
     s.first_password = create_user(s.sessions, "nina", "clinician")  # generated: change at first sign-in
     yield s
     s.close()
@@ -310,3 +312,50 @@ def test_the_audit_trail(browser, site):
     assert "diagnosis" in text and "P-BRAVO" not in text  # job ids, never patient ids
     with site.sessions() as s:
         assert s.scalar(select(Job.id).where(Job.id == job_id)) == job_id
+
+
+def test_an_admin_adds_a_user_who_then_chooses_a_password(browser, site, shots):
+    page = sign_in(browser, site, "clara")
+    assert page.locator("nav >> text=Users").count() == 0
+    assert page.context.request.get(f"{site.url}/ui/users").status == 403
+    page.context.close()
+    page = sign_in(browser, site, "ada")
+    page.click("nav >> text=Users")
+    page.fill("#name", "zoe")
+    page.select_option("#role", "viewer")
+    page.click("button:has-text('Add user')")
+    password = page.inner_text("#shown-password code").strip()
+    screenshot(page, shots, "users")
+    assert "zoe" in page.inner_text("#users")
+    page.context.close()
+    page = sign_in(browser, site, "zoe", password)
+    assert page.url.endswith("/ui/password")
+    page.context.close()
+
+
+def test_an_admin_approves_a_waiting_version_last(browser, site, shots, tmp_path_factory):
+    """Runs last in this module: it changes the current version."""
+    store = ModelStore(site.settings.model_store_dir, export=ensure_export)
+    store.add_version(write_tiny_version(tmp_path_factory.mktemp("challenger") / "tiny-2", version="tiny-2",
+                                         seed=1))
+    with site.sessions.begin() as s:  # what a retraining with promotion_requires_approval leaves
+        s.add(RetrainRun(trigger="manual", state=RetrainState.PENDING_APPROVAL.value, champion_version="tiny-1",
+                         challenger_version="tiny-2", decision={"reasons": ["passed every gate (test)"]}))
+    page = sign_in(browser, site, "clara")
+    page.goto(f"{site.url}/ui/models")
+    assert "tiny-2" in page.inner_text("#pending") and page.locator("#pending form").count() == 0
+    forged = page.context.request.post(f"{site.url}/ui/models/tiny-2/approve", max_redirects=0, form={
+        "csrf_token": page.get_attribute("input[name=csrf_token]", "value"), "reason": "forged"})
+    assert forged.status == 403 and store.current_version() == "tiny-1"
+    page.context.close()
+    page = sign_in(browser, site, "ada")
+    page.goto(f"{site.url}/ui/models")
+    screenshot(page, shots, "models-pending")
+    page.fill("#pending input[name=reason]", "reviewed the gate report")
+    page.click("button:has-text('Approve tiny-2')")
+    page.wait_for_url("**/ui/models?message=approved")
+    assert page.inner_text("#current-version") == "tiny-2" and store.current_version() == "tiny-2"
+    assert "ada (workspace)" in page.inner_text("#history") and "reviewed the gate report" in page.inner_text("#history")
+    page.context.close()
+    approvals = json.loads(cli(site, "audit", "list", "--user", "ada", "--json").stdout)
+    assert approvals[-1]["action"] == "approve_model" and approvals[-1]["detail"]["version"] == "tiny-2"

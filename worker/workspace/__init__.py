@@ -1,8 +1,10 @@
 """The clinician workspace: server-rendered pages under ``/ui/`` of the HTTP API process.
 
-``web`` builds the ASGI app (sign-in, sessions, CSRF, role checks, templates); the page
-groups are ``pages_auth`` (sign-in, password), ``pages_jobs`` (worklist, job page, review,
-diagnosis), ``pages_site`` (site page, models page); the data behind them is in
-``worklist``, ``job_detail``, ``site_summary`` and ``models_summary``; people and their traces in
-``users``, ``browser_sessions``, ``throttle`` and ``audit``; ``cli`` holds ``users`` and ``audit list``.
+``application`` builds the ASGI app; ``web`` is what every page uses (the signed-in person,
+CSRF and role checks, rendering); ``access_log`` keeps search terms out of the log. Page
+groups: ``pages_auth`` (sign-in, password), ``pages_jobs`` (worklist, job page, review,
+diagnosis), ``pages_site`` (site and models pages), ``pages_users`` (users, for admins).
+The data behind them: ``worklist``, ``job_detail``, ``site_summary``, ``models_summary``,
+``charts``. People and their traces: ``users``, ``browser_sessions``, ``throttle``,
+``audit``. ``cli`` holds the ``users`` and ``audit list`` commands.
 """

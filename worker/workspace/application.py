@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import Settings
 from worker.store.versions import ModelStore
-from worker.workspace import pages_auth, pages_jobs, pages_site
+from worker.workspace import pages_auth, pages_jobs, pages_site, pages_users
 from worker.workspace.access_log import redact_workspace_queries
 from worker.workspace.web import SECURITY_HEADERS, PREFIX, NotSignedIn, PasswordChangeDue, Workspace, render
 
@@ -43,7 +43,7 @@ def create_workspace_app(settings: Settings, sessions: sessionmaker[Session]) ->
     app.state.workspace = Workspace(settings, sessions, ModelStore(settings.model_store_dir), _templates())
     app.mount("/static", StaticFiles(directory=str(resources.files("worker.workspace") / "statics")),
               name="static")
-    for module in (pages_auth, pages_jobs, pages_site):
+    for module in (pages_auth, pages_jobs, pages_site, pages_users):
         app.include_router(module.router)
 
     @app.exception_handler(NotSignedIn)
