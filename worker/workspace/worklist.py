@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import and_, case, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from schemas import JobState, TriageLevel
 from worker.db.models import Image, Job, Prediction, Submission
@@ -86,12 +86,12 @@ def _aware(ts: datetime | None) -> datetime | None:
 
 
 def _reported():
-    """The latest non-shadow prediction per job."""
-    latest = (select(Prediction.job_id, func.max(Prediction.created_at).label("at"))
-              .where(Prediction.shadow.is_(False)).group_by(Prediction.job_id).subquery())
-    return (select(Prediction).join(latest, and_(Prediction.job_id == latest.c.job_id,
-                                                 Prediction.created_at == latest.c.at))
-            .where(Prediction.shadow.is_(False)).subquery())
+    """The latest non-shadow prediction per job (there is one, unless a job was re-scored)."""
+    newer = aliased(Prediction)
+    later = exists().where(newer.job_id == Prediction.job_id, newer.shadow.is_(False),
+                           newer.created_at > Prediction.created_at)
+    return (select(Prediction.job_id, Prediction.triage_level, Prediction.p_melanoma, Prediction.model_version)
+            .where(Prediction.shadow.is_(False), ~later).subquery())
 
 
 def _like(text: str) -> str:
@@ -107,15 +107,11 @@ def _search(query: str):
                func.lower(Image.accession_number).like(pattern, escape="\\"), named)
 
 
-def _base(filters: Filters, rejected: bool):
-    pred = _reported()
+def _ordered_ids(filters: Filters, rejected: bool, pred):
+    """Job ids in worklist order under ``filters`` (a narrow sort: ids only)."""
     level_rank = case({level.value: i for i, level in enumerate(LEVEL_ORDER)},
                       value=pred.c.triage_level, else_=len(LEVEL_ORDER))
-    first_name = (select(Submission.original_name).where(Submission.job_id == Job.id)
-                  .order_by(Submission.received_at).limit(1).scalar_subquery())
-    query = (select(Job, Image, pred.c.triage_level, pred.c.p_melanoma, pred.c.model_version,
-                    JobReview.reviewed_by, JobReview.reviewed_at, first_name.label("original_name"))
-             .join(Image, Image.id == Job.image_id)
+    query = (select(Job.id).join(Image, Image.id == Job.image_id)
              .outerjoin(pred, pred.c.job_id == Job.id)
              .outerjoin(JobReview, JobReview.job_id == Job.id))
     if rejected:
@@ -139,6 +135,34 @@ def _base(filters: Filters, rejected: bool):
     return query.order_by(level_rank, reviewed_rank, Job.created_at.desc(), Job.id)
 
 
+def _load(session: Session, job_ids: list[str], pred) -> list[WorklistRow]:
+    """The rows of ``job_ids``, in that order."""
+    if not job_ids:
+        return []
+    found = session.execute(
+        select(Job, Image, pred.c.triage_level, pred.c.p_melanoma, pred.c.model_version,
+               JobReview.reviewed_by, JobReview.reviewed_at)
+        .join(Image, Image.id == Job.image_id)
+        .outerjoin(pred, pred.c.job_id == Job.id)
+        .outerjoin(JobReview, JobReview.job_id == Job.id)
+        .where(Job.id.in_(job_ids))).all()
+    names = _first_names(session, job_ids)
+    by_id = {r[0].id: _row(*r, names.get(r[0].id)) for r in found}
+    return [by_id[j] for j in job_ids if j in by_id]
+
+
+def _first_names(session: Session, job_ids: list[str]) -> dict[str, str]:
+    """The original file name of each job's first submission (for one page of rows only)."""
+    names: dict[str, str] = {}
+    if job_ids:
+        for job_id, name in session.execute(
+                select(Submission.job_id, Submission.original_name).where(Submission.job_id.in_(job_ids))
+                .order_by(Submission.received_at)):
+            if name:
+                names.setdefault(job_id, name)
+    return names
+
+
 def _row(job: Job, image: Image, level, p_mel, version, by, at, name) -> WorklistRow:
     return WorklistRow(job_id=job.id, state=job.state, triage=level, melanoma_probability=p_mel,
                        model_version=version, received_at=_aware(job.created_at), patient_id=image.patient_id,
@@ -149,11 +173,13 @@ def _row(job: Job, image: Image, level, p_mel, version, by, at, name) -> Worklis
 
 def worklist_rows(session: Session, filters: Filters, page_size: int = PAGE_SIZE) -> tuple[list[WorklistRow], bool]:
     """One page of rows and whether another page follows."""
+    pred = _reported()
     offset = (filters.page - 1) * page_size
-    rows = session.execute(_base(filters, rejected=False).offset(offset).limit(page_size + 1)).all()
-    return [_row(*r) for r in rows[:page_size]], len(rows) > page_size
+    ids = session.scalars(_ordered_ids(filters, False, pred).offset(offset).limit(page_size + 1)).all()
+    return _load(session, ids[:page_size], pred), len(ids) > page_size
 
 
 def rejected_rows(session: Session, filters: Filters, limit: int = PAGE_SIZE) -> list[WorklistRow]:
     """Rejected files, newest first, with their reasons (date and search filters apply)."""
-    return [_row(*r) for r in session.execute(_base(filters, rejected=True).limit(limit)).all()]
+    pred = _reported()
+    return _load(session, session.scalars(_ordered_ids(filters, True, pred).limit(limit)).all(), pred)
