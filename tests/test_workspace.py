@@ -252,3 +252,28 @@ def test_worklist_order_filters_and_search_on_postgresql(tmp_path, postgres_url)
             assert readiness(s).sentence == "0 of 30 confirmed melanomas, 0 of 100 other lesions"
     finally:
         engine.dispose()
+
+
+def test_rate_chart_and_urgent_series(settings, sessions):
+    from worker.db.models import Prediction
+    from worker.workspace.charts import bar, rate_chart
+    from worker.workspace.site_summary import urgent_series
+
+    chart = rate_chart([("d1", 0.10, 20), ("d2", 0.30, 10), ("d3", 0.0, 5)], reference=0.12)
+    ys = [y for _, y, *_ in chart.points]
+    assert ys[1] < chart.reference_y < ys[0] < ys[2]  # higher rate, higher on the page
+    assert chart.path.startswith("M40.0,") and chart.path.count("L") == 2
+    assert bar("p", 0.31, 0.3).alert and not bar("p", 0.29, 0.3).alert and bar("top", 0.1, 0.2, alert_below=True).alert
+    job_ids = [insert_done_job(sessions, settings, fmt="jpeg", triage=level,
+                               data=jpeg_bytes(lesion_rgb((40, 40), seed=200 + i)))
+               for i, level in enumerate([TriageLevel.URGENT, TriageLevel.ROUTINE, TriageLevel.ROUTINE,
+                                          TriageLevel.URGENT])]
+    now = datetime.now(timezone.utc)
+    with sessions.begin() as s:  # two days a week apart, and one 40 days ago
+        for job_id, days in zip(job_ids, (0, 0, 7, 40)):
+            s.execute(update(Prediction).where(Prediction.job_id == job_id)
+                      .values(created_at=now - timedelta(days=days)))
+    with sessions() as s:
+        series = urgent_series(s)
+    assert [(rate, n) for _, rate, n in series] == [(1.0, 1), (0.0, 1), (0.5, 2)]
+    assert all(re.match(r"\d{4}-W\d\d$", label) for label, _, _ in series)  # 40 days: per week
