@@ -190,6 +190,7 @@ def db_upgrade(home: HomeOption = None,
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
     from worker.calibration.cli import register as register_calibration
+    from worker.cli.jobs import app as jobs_app
     from worker.doors.cli import register as register_doors
     from worker.monitor.cli import register as register_monitor
     from worker.results.cli import app as deliveries_app
@@ -202,6 +203,7 @@ def _register_command_groups() -> None:
     app.add_typer(deliveries_app, name="deliveries")  # deliveries list|resend
     register_monitor(app)  # monitor reference|shift
     register_calibration(app)  # calibrate
+    app.add_typer(jobs_app, name="jobs")  # jobs list|show
 
 
 _register_command_groups()
