@@ -214,3 +214,19 @@ def test_received_is_when_the_file_arrived_not_when_it_was_taken(world):
     _admissions, took = _scan_until(watcher, lambda a: len(a) == 1)
     received = _images(sessions)[0].received_at.replace(tzinfo=timezone.utc)
     assert took >= 1.0 and abs((received - arrived).total_seconds()) < 0.5
+
+
+def test_a_resent_file_says_which_job_it_joined(world, caplog):
+    import logging
+
+    settings, sessions, _ = world
+    watcher = _watcher(world)
+    data = jpeg_bytes(lesion_rgb(seed=23))
+    (settings.intake_dir / "first.jpg").write_bytes(data)
+    [first], _ = _scan_until(watcher, lambda a: len(a) == 1)
+    caplog.set_level(logging.INFO, logger="worker.intake.admission")
+    (settings.intake_dir / "again.jpg").write_bytes(data)
+    [again], _ = _scan_until(watcher, lambda a: len(a) == 1)
+    assert again.duplicate and again.job_id == first.job_id
+    assert f"joined existing job {first.job_id}" in caplog.text
+    assert "again.jpg" not in caplog.text  # never a file name in the log
