@@ -82,7 +82,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits(),
     if fmt == "dicom":
         from worker.imaging.dicom import decode_dicom  # pydicom is only needed here
 
-        decoded = decode_dicom(data, limits, draft_min_side)
+        decoded = decode_dicom(data, limits, draft_min_side, decode_jpeg=decode_jpeg_codestream)
     else:
         rgb, declared = _decode_pil(data, fmt, limits, draft_min_side)
         decoded = DecodedImage(rgb=rgb, metadata=ImageMetadata(), source_format=fmt,

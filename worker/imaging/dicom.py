@@ -23,6 +23,7 @@ Decisions:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from io import BytesIO
 from typing import Any
@@ -99,10 +100,13 @@ def quiet_pydicom() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-def decode_dicom(data: bytes, limits: DecodeLimits,
-                 draft_min_side: int | None = None) -> DecodedImage:
-    """Decode a DICOM Part 10 file held in memory (``draft_min_side``: see
-    :func:`worker.imaging.decode.decode_bytes`; it applies to a wrapped JPEG only)."""
+def decode_dicom(data: bytes, limits: DecodeLimits, draft_min_side: int | None = None,
+                 decode_jpeg: Callable | None = None) -> DecodedImage:
+    """Decode a DICOM Part 10 file held in memory.
+
+    ``decode_jpeg`` (:func:`worker.imaging.decode.decode_jpeg_codestream`, handed in by
+    ``decode_bytes``): a wrapped JPEG is decoded by it, as that JPEG dropped as a file is
+    (``draft_min_side`` as there); without it pydicom decodes every syntax."""
     tsyntax = _transfer_syntax(data)
     try:
         ds = dcmread(BytesIO(data), force=False)
@@ -121,9 +125,9 @@ def decode_dicom(data: bytes, limits: DecodeLimits,
     try:
         photometric = _validate(ds, tsyntax, limits)
         declared = None
-        frame = _wrapped_jpeg(ds, tsyntax, photometric)
+        frame = _wrapped_jpeg(ds, tsyntax, photometric) if decode_jpeg else None
         if frame is not None:
-            rgb, declared = _jpeg_pixels(ds, frame, limits, draft_min_side)
+            rgb, declared = _jpeg_pixels(ds, decode_jpeg(frame, limits, draft_min_side))
         else:
             rgb = _pixels(ds, tsyntax, photometric)
         metadata = read_metadata(ds)
@@ -166,12 +170,10 @@ def _wrapped_jpeg(ds: Dataset, tsyntax: uid.UID, photometric: str) -> bytes | No
     return None
 
 
-def _jpeg_pixels(ds: Dataset, frame: bytes, limits: DecodeLimits,
-                 draft_min_side: int | None) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """The wrapped JPEG decoded as a JPEG file is; its size must be the data set's."""
-    from worker.imaging.decode import decode_jpeg_codestream
-
-    arr, declared = decode_jpeg_codestream(frame, limits, draft_min_side)
+def _jpeg_pixels(ds: Dataset, decoded: tuple[np.ndarray, tuple[int, int] | None]
+                 ) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The wrapped JPEG as decoded (pixels, declared size); its size must be the data set's."""
+    arr, declared = decoded
     rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     size = declared or (arr.shape[1], arr.shape[0])
     if size != (cols, rows):

@@ -70,8 +70,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     result = classifier.predict(decoded.rgb, usable_image=usable)
     metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
     thresholds = classifier.metadata.thresholds
-    with rt.sessions() as s:
-        original_name = jobs.original_name(s, job_id)  # printed, and names an image without ids
+    original_name = _original_name(rt, job_id)  # printed, and names an image without ids
     report_path = settings.reports_dir / report_filename(metadata, job_id, original_name)
     pending = pending_report_path(report_path)  # becomes report_path once the database agrees
     lease.check()  # a superseded attempt must not overwrite the report of the one that won
@@ -83,8 +82,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             image_rgb=decoded.rgb,
             probabilities=result.probabilities,
             triage=result.triage,
-            triage_explanation=triage_sentence(result.probabilities, thresholds, result.triage,
-                                               quality_reason),
+            triage_explanation=triage_sentence(result.probabilities, thresholds, result.triage, quality_reason),
             thresholds=thresholds,
             model_version=result.model_version,
             image_sha256=item.image_sha256,
@@ -132,6 +130,11 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
         return "skipped"
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
+
+
+def _original_name(rt: Runtime, job_id: str) -> str | None:
+    with rt.sessions() as s:
+        return jobs.original_name(s, job_id)
 
 
 def pending_report_path(report_path: Path) -> Path:
