@@ -374,10 +374,10 @@ def corrupt_dicom_bytes() -> bytes:
 
 def main(names: list[str]) -> None:
     """``python -m tests.imagegen a.jpg b.jpg``: synthetic lesion photographs (not real
-    lesions) to try the service with, one seed per name."""
-    for seed, name in enumerate(names):
+    lesions) to try the service with; each name gives its own picture, always the same."""
+    for name in names:
         with open(name, "wb") as f:
-            f.write(jpeg_bytes(lesion_rgb((600, 800), seed=seed)))
+            f.write(jpeg_bytes(lesion_rgb((600, 800), seed=zlib.crc32(name.encode()) % 100_000)))
         print(name)
 
 
