@@ -5,21 +5,27 @@ the ``*.part``-style names of copies in progress are left alone), nothing stops 
 entry is contained, and one it cannot explain is recorded as that entry's rejection. Log
 lines never carry a file name (it may carry a patient's name). An entry goes through:
 
-1. **Stable**: its size and mtime (its target's, for a symbolic link) have not changed for
-   ``stable_seconds`` and ``stable_scans`` scans, so a copy that stalls on a slow share is
-   not taken half-written.
+1. **Ready**: its size and mtime (its target's, for a symbolic link) have not changed for
+   ``stable_scans`` scans and as long as its content asks (:meth:`IntakeWatcher._waited`),
+   judged where its writer put it: a whole JPEG, PNG or DICOM file ``settle_seconds`` (and,
+   with no sidecar beside it, ``sidecar_wait_seconds`` after it arrived); one that ends
+   early ``incomplete_grace_seconds``, left in place so that a writer that pauses and then
+   appends (opening it by name again) makes it whole: one file, one job; anything else
+   ``stable_seconds``, so a copy that stalls on a slow share is not taken half-written. Its
+   JSON sidecar or its folder's ``manifest.csv`` (:mod:`worker.intake.companions`) gives
+   its metadata.
 2. **Claimed**: renamed atomically to ``intake/.processing/<random id>`` with its original
-   name in ``<random id>.name`` beside it: two watchers never take the same entry, a name of
-   any length can be claimed (a 255-byte name plus a prefix would not fit), and a crash
-   leaves both there to be taken up again (admission is idempotent by content hash).
+   name in ``<random id>.name`` and its metadata and arrival time in ``<random id>.meta``
+   beside it: two watchers never take the same entry, a name of any length can be claimed
+   (a 255-byte name plus a prefix would not fit), and a crash leaves them there to be taken
+   up again (admission is idempotent by content hash).
 3. **Read**: only a regular file is opened, never blocking (a FIFO is not opened at all),
    and only when ``stat`` says it is within ``max_file_bytes``: a larger file is rejected
    and moved to rejected/ as it is, never read. After reading, the open file is checked
    again; if it changed (on POSIX a rename does not stop a writer that holds it open), it
-   must settle again before it is read anew. A file whose content ends early (a JPEG with no
-   end marker, a PNG with no IEND, a DICOM element cut; or empty) is held for
-   ``incomplete_grace_seconds`` after its last change in case its writer resumes, then
-   judged as it is. Never is a half-read file admitted.
+   must settle again before it is read anew, by the same rules as in step 1 (a file that
+   then ends early is held for ``incomplete_grace_seconds`` after its last change in case
+   its writer resumes, then judged as it is). Never is a half-read file admitted.
 
 Odd entries: a FIFO, a socket, a device, a dangling or looping symbolic link, a link to a
 folder are rejected as ``not_a_regular_file`` and moved (renamed, never opened) to
