@@ -75,10 +75,19 @@ def test_the_page_prints_name_class_call_zone_and_site_wording(tmp_path):
     text = pdf_text(out)
     assert out.name == f"lesion_07_left_arm_{content.job_id}.pdf"
     assert "Original file lesion 07 (left arm).jpg" in text
-    assert "Class call: Melanocytic nevus (62.0 %)" in text
+    assert "Class call: Melanocytic nevus (62.0 %)" in text  # the most probable: no note
     assert "the most likely class is melanocytic nevus, 62.0 %" in text
     assert "Received 2024-03-05 10:12:03 CET (Europe/Berlin)" in text
     assert "URGENT - refer on the 2-week wait pathway" in text
+
+
+def test_a_class_call_that_is_not_the_most_probable_says_why(tmp_path):
+    probs = _probs(melanoma=0.069, nevus=0.592, pigmented_benign_keratosis=0.322)
+    content = make_content(probabilities=probs, predicted_class="pigmented_benign_keratosis",
+                           thresholds=THRESHOLDS)
+    render_report(content, tmp_path / "r.pdf")
+    text = pdf_text(tmp_path / "r.pdf")
+    assert "Class call: Pigmented benign keratosis (32.2 %; named after weighing each class" in text
 
 
 @pytest.mark.parametrize("metadata, name, key", [

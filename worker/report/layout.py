@@ -58,7 +58,7 @@ from worker.classify.triage import percent
 from worker.report.content import ReportContent
 from worker.report.flowables import Box, Columns, EncodedJpeg, FixedParagraph, FramedPicture, Panel
 from worker.report.thumbnail import thumbnail_jpeg
-from worker.report.wording import local_time, referral_wording
+from worker.report.wording import local_time, most_likely, referral_wording
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
 NOT_RECORDED = "not recorded"
@@ -362,8 +362,11 @@ def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     reason = Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])
     lines = [(reason, 0)]
     if c.predicted_class is not None:
+        weighed = ("; named after weighing each class by how often the model gives it, so it can "
+                   "differ from the most probable" if c.predicted_class != most_likely(c.probabilities)[0]
+                   else "")
         call = Paragraph(f"<b>Class call:</b> {escape(DISPLAY_NAMES[c.predicted_class])} "
-                         f"({percent(float(c.probabilities[c.predicted_class]))})", st["value"])
+                         f"({percent(float(c.probabilities[c.predicted_class]))}{weighed})", st["value"])
         lines = [(reason, 2), (call, 0)]
     explanation = Panel(lines, CONTENT_W,
                         Box(left=8, right=6, top=4, bottom=5, stroke=fill, stroke_width=1))
