@@ -24,6 +24,11 @@ class RejectionReason(StrEnum):
     TIMEOUT = "timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     INTERNAL_ERROR = "internal_error"
+    # Metadata dropped with images in the intake folder (worker.intake.sidecars).
+    INVALID_SIDECAR = "invalid_sidecar"  # unreadable JSON or keys: its image goes on without it
+    ORPHAN_SIDECAR = "orphan_sidecar"  # no image with its stem arrived
+    INVALID_MANIFEST = "invalid_manifest"  # manifest.csv unreadable: its folder's images go on
+    MANIFEST_UNMATCHED = "manifest_unmatched"  # rows whose file never arrived
 
 
 class Laterality(StrEnum):

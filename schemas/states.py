@@ -38,7 +38,7 @@ class TriageLevel(StrEnum):
 
 
 _WORDING = {
-    TriageLevel.URGENT: "URGENT - suspected melanoma: urgent referral (2-week wait pathway)",
+    TriageLevel.URGENT: "URGENT - suspected melanoma: urgent referral",
     TriageLevel.SOON: "SOON - suspected keratinocyte cancer or pre-cancer: see within weeks",
     TriageLevel.ROUTINE: "ROUTINE - no suspicious features detected by the model",
     TriageLevel.INDETERMINATE: "INDETERMINATE - the model cannot triage this image: clinician review",

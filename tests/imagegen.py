@@ -370,3 +370,18 @@ def truncated_dicom_bytes() -> bytes:
 def corrupt_dicom_bytes() -> bytes:
     """A 'DICM' preamble followed by bytes that are not a DICOM data set."""
     return b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + garbage_bytes(256)[8:]
+
+
+def main(names: list[str]) -> None:
+    """``python -m tests.imagegen a.jpg b.jpg``: synthetic lesion photographs (not real
+    lesions) to try the service with; each name gives its own picture, always the same."""
+    for name in names:
+        with open(name, "wb") as f:
+            f.write(jpeg_bytes(lesion_rgb((600, 800), seed=zlib.crc32(name.encode()) % 100_000)))
+        print(name)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -14,7 +14,7 @@ from tests.imagegen import garbage_bytes, jpeg_bytes, lesion_rgb
 from worker.db.models import Image, Job, Submission
 from worker.intake.admission import Intake
 from worker.intake.names import safe_filename
-from worker.intake.watcher import NAME_SUFFIX, PROCESSING_DIR, IntakeWatcher
+from worker.intake.watcher import META_SUFFIX, NAME_SUFFIX, PROCESSING_DIR, IntakeWatcher
 
 
 class RecordingBroker:
@@ -205,7 +205,7 @@ def test_a_failed_admission_keeps_the_file_for_the_next_scan(migrated_settings, 
     _drop(migrated_settings.intake_dir, "lesion.jpg", jpeg_bytes(lesion_rgb()))
     assert watcher.scan_once() == []
     processing = migrated_settings.intake_dir / PROCESSING_DIR
-    assert len([p for p in processing.iterdir() if not p.name.endswith(NAME_SUFFIX)]) == 1
+    assert len([p for p in processing.iterdir() if not p.name.endswith((NAME_SUFFIX, META_SUFFIX))]) == 1
     [adm] = watcher.scan_once()
     assert adm.state == JobState.RECEIVED
     assert list(processing.iterdir()) == []

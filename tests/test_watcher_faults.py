@@ -294,10 +294,10 @@ def test_an_unexpected_error_on_one_file_is_recorded_as_its_rejection(rt, caplog
     caplog.set_level(logging.INFO)
     real_admit = rt.intake.admit_bytes
 
-    def admit(data, door, metadata=None, original_name=None):
+    def admit(data, door, metadata=None, original_name=None, **more):
         if original_name == "boom.jpg":
             raise KeyError(f"{PATIENT_NAME} {PATIENT_ID}")  # text that must go nowhere
-        return real_admit(data, door, metadata, original_name)
+        return real_admit(data, door, metadata, original_name, **more)
 
     monkeypatch.setattr(rt.intake, "admit_bytes", admit)
     folder = rt.settings.intake_dir

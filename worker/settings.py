@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     archive_dir: Path | None = None
     model_store_dir: Path | None = None
 
-    poll_interval_s: float = Field(2.0, gt=0, description="Intake folder scan period")
+    poll_interval_s: float = Field(1.0, gt=0, description="Intake folder scan period")
     stable_scans: int = Field(2, ge=1, description="Scans with unchanged size and mtime before a file is taken")
     stable_seconds: float = Field(
         30.0, ge=0, description="A dropped file is taken only after its size and mtime have not changed "
@@ -104,6 +104,41 @@ class Settings(BaseSettings):
     delivery_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt")
     delivery_backoff_max_s: float = Field(60.0, ge=0, description="Longest retry delay")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Network timeout of one delivery attempt")
+    # Intake and reports for people (issue 19).
+    settle_seconds: float = Field(
+        1.0, ge=0, description="A dropped file whose content is whole (JPEG end marker, PNG IEND, every "
+        "DICOM element) is taken once unchanged this long (at most stable_seconds)")
+    sidecar_wait_seconds: float = Field(
+        2.0, ge=0, description="A dropped image with no sidecar (same stem, .json) or manifest.csv beside "
+        "it waits this long after it arrived, in case one follows (at most stable_seconds)")
+    sidecar_orphan_seconds: float = Field(
+        60.0, ge=0, description="A sidecar with no image of its stem for this long is recorded as "
+        "rejected (orphan_sidecar); likewise a manifest.csv whose rows name files that never came")
+    timezone: str = Field("UTC", description="IANA time zone the report prints its times in (zone printed)")
+    referral_wording: dict[str, str] = Field(
+        default_factory=dict, description="Report banner wording per triage level (JSON object: urgent, "
+        "soon, routine, indeterminate); a level not given keeps the neutral default")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/London)") from None
+        return v
+
+    @field_validator("referral_wording")
+    @classmethod
+    def _referral_wording(cls, v: dict[str, str]) -> dict[str, str]:
+        from schemas import TriageLevel
+
+        unknown = set(v) - {level.value for level in TriageLevel}
+        if unknown:
+            raise ValueError(f"referral_wording keys must be triage levels, not {sorted(unknown)}")
+        return v
 
     @field_validator("dicom_destinations", "dicom_known_peers")
     @classmethod

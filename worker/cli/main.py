@@ -190,6 +190,7 @@ def db_upgrade(home: HomeOption = None,
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
     from worker.calibration.cli import register as register_calibration
+    from worker.cli.jobs import app as jobs_app
     from worker.doors.cli import register as register_doors
     from worker.monitor.cli import register as register_monitor
     from worker.results.cli import app as deliveries_app
@@ -204,6 +205,7 @@ def _register_command_groups() -> None:
     register_monitor(app)  # monitor reference|shift
     register_calibration(app)  # calibrate
     register_workspace(app)  # users create|list|disable|reset-password, audit list
+    app.add_typer(jobs_app, name="jobs")  # jobs list|show
 
 
 _register_command_groups()

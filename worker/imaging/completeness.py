@@ -33,14 +33,27 @@ class Cut:
 
 def cut_short(data: bytes) -> Cut | None:
     """Where ``data`` ends before its structure does, or None (complete, or not understood)."""
+    found = _walk(data)
+    return found if isinstance(found, Cut) else None
+
+
+def is_whole(data: bytes) -> bool:
+    """True only when ``data`` is a JPEG that reaches its end-of-image marker, a PNG that
+    reaches IEND, or a DICOM file whose elements are all whole: the intake watcher takes such
+    a file after a short settle. False for a cut file and for anything not understood."""
+    return _walk(data) is True
+
+
+def _walk(data: bytes) -> Cut | bool:
+    """Cut, True (whole) or False (not a structure understood here)."""
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt == "jpeg":
-        return jpeg_cut(data)
+        return _jpeg_walk(data)
     if fmt == "png":
-        return png_cut(data)
+        return png_cut(data) or True
     if fmt == "dicom":
-        return dicom_cut(data)
-    return None
+        return _dicom_walk(data)
+    return False
 
 
 # --------------------------------------------------------------------------- JPEG
@@ -52,14 +65,20 @@ _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 def jpeg_cut(data: bytes) -> Cut | None:
     """Walk the marker segments (and entropy-coded scans) from SOI to EOI."""
+    found = _jpeg_walk(data)
+    return found if isinstance(found, Cut) else None
+
+
+def _jpeg_walk(data: bytes) -> Cut | bool:
+    """Cut, True (EOI reached) or False (not a marker where one must be)."""
     n, i = len(data), 2
     if not data.startswith(b"\xff\xd8"):
-        return None
+        return False
     while True:
         if i >= n:
             return Cut("the JPEG ends before its end-of-image marker")
         if data[i] != 0xFF:
-            return None  # not a marker where one must be: corrupt, not cut
+            return False  # not a marker where one must be: corrupt, not cut
         while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:
@@ -67,14 +86,14 @@ def jpeg_cut(data: bytes) -> Cut | None:
         marker = data[i]
         i += 1
         if marker == 0xD9:
-            return None  # EOI: complete (anything after it is trailing data)
+            return True  # EOI: complete (anything after it is trailing data)
         if marker in _JPEG_STANDALONE:
             continue
         if i + 2 > n:
             return Cut("the JPEG ends inside a marker segment")
         length = int.from_bytes(data[i:i + 2], "big")
         if length < 2:
-            return None
+            return False
         if i + length > n:
             return Cut("the JPEG ends inside a marker segment")
         i += length
@@ -134,17 +153,23 @@ def dicom_cut(data: bytes) -> Cut | None:
     The walk stops at the end of the top-level Pixel Data element, so trailing bytes after
     it never count. A file that ends exactly between two elements is not called cut.
     """
+    found = _dicom_walk(data)
+    return found if isinstance(found, Cut) else None
+
+
+def _dicom_walk(data: bytes) -> Cut | bool:
+    """Cut, True (every element whole) or False (a syntax or structure not followed here)."""
     if data[DICOM_MAGIC_OFFSET:SNIFF_BYTES] != DICOM_MAGIC:
-        return None
+        return False
     walker = _DicomWalk(data)
     try:
         pos, syntax = walker.file_meta(SNIFF_BYTES)
     except _Ends:
         return Cut("it ends inside its file meta information")
     except (_NotUnderstood, struct.error):
-        return None
+        return False
     if syntax == _BIG_ENDIAN or syntax in _DEFLATED:
-        return None
+        return False
     vr = data[pos + 4:pos + 6]
     # As pydicom does: a data set written implicit under an explicit syntax is read as such.
     walker.implicit = syntax == _IMPLICIT_VR_LITTLE_ENDIAN or not (vr.isalpha() and vr.isupper())
@@ -154,8 +179,8 @@ def dicom_cut(data: bytes) -> Cut | None:
         return Cut("it ends inside an element", tag=walker.top_tag,
                    have=ends.have, need=ends.need)
     except (_NotUnderstood, struct.error, RecursionError):
-        return None
-    return None
+        return False
+    return walker.top_tag == _PIXEL_DATA  # whole only when its pixel data is
 
 
 class _DicomWalk:

@@ -16,6 +16,9 @@ JPEG/PNG decisions:
   the same, largest change of p(melanoma) 0.014. Callers that keep the pixels (a DICOM copy of the photograph for
   PACS) decode at full size, the default.
 * EXIF orientation is applied (``ImageOps.exif_transpose``); broken EXIF is ignored.
+* A JPEG wrapped in DICOM (JPEG Baseline, one frame, a JFIF/Adobe marker or a YBR label;
+  dcmtk's ``img2dcm`` makes these) is decoded by this same code, draft scaling included:
+  the same picture gives the same pixels, so the same answer, whichever door it came by.
 * Greyscale, palette, RGBA (alpha dropped), CMYK and YCbCr are converted to RGB.
   8-bit greyscale is accepted (a clinician may send a greyscale photo; the model then
   sees a grey image, and the quality check still applies).
@@ -79,7 +82,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits(),
     if fmt == "dicom":
         from worker.imaging.dicom import decode_dicom  # pydicom is only needed here
 
-        decoded = decode_dicom(data, limits)
+        decoded = decode_dicom(data, limits, draft_min_side, decode_jpeg=decode_jpeg_codestream)
     else:
         rgb, declared = _decode_pil(data, fmt, limits, draft_min_side)
         decoded = DecodedImage(rgb=rgb, metadata=ImageMetadata(), source_format=fmt,
@@ -89,8 +92,17 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits(),
     return decoded
 
 
+def decode_jpeg_codestream(data: bytes, limits: DecodeLimits, draft_min_side: int | None
+                           ) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """A JPEG codestream held in a DICOM file, decoded exactly as that JPEG dropped as a file
+    (one picture, one answer by every door), but with no EXIF turn: a DICOM image's rows and
+    columns are its geometry."""
+    return _decode_pil(data, "jpeg", limits, draft_min_side, orient=False)
+
+
 def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits,
-                draft_min_side: int | None) -> tuple[np.ndarray, tuple[int, int] | None]:
+                draft_min_side: int | None, orient: bool = True
+                ) -> tuple[np.ndarray, tuple[int, int] | None]:
     """RGB pixels, and (width, height) as declared when they were decoded smaller."""
     name = fmt.upper()
     try:
@@ -130,7 +142,8 @@ def _decode_pil(data: bytes, fmt: str, limits: DecodeLimits,
             ) from None
         reduced = img.size != (width, height)
         stored_h = img.size[1]
-        _apply_orientation(img)
+        if orient:
+            _apply_orientation(img)
         rgb = _to_rgb_array(img)
     if not reduced:
         return rgb, None

@@ -23,6 +23,7 @@ Decisions:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from io import BytesIO
 from typing import Any
@@ -99,8 +100,13 @@ def quiet_pydicom() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
-    """Decode a DICOM Part 10 file held in memory."""
+def decode_dicom(data: bytes, limits: DecodeLimits, draft_min_side: int | None = None,
+                 decode_jpeg: Callable | None = None) -> DecodedImage:
+    """Decode a DICOM Part 10 file held in memory.
+
+    ``decode_jpeg`` (:func:`worker.imaging.decode.decode_jpeg_codestream`, handed in by
+    ``decode_bytes``): a wrapped JPEG is decoded by it, as that JPEG dropped as a file is
+    (``draft_min_side`` as there); without it pydicom decodes every syntax."""
     tsyntax = _transfer_syntax(data)
     try:
         ds = dcmread(BytesIO(data), force=False)
@@ -118,7 +124,12 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         _raise_if_cut(data)  # pydicom drops an element the file ends inside
     try:
         photometric = _validate(ds, tsyntax, limits)
-        rgb = _pixels(ds, tsyntax, photometric)
+        declared = None
+        frame = _wrapped_jpeg(ds, tsyntax, photometric) if decode_jpeg else None
+        if frame is not None:
+            rgb, declared = _jpeg_pixels(ds, decode_jpeg(frame, limits, draft_min_side))
+        else:
+            rgb = _pixels(ds, tsyntax, photometric)
         metadata = read_metadata(ds)
     except (InputRejected, MemoryError):
         raise
@@ -132,7 +143,46 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         source_format="dicom",
         transfer_syntax=str(tsyntax),
         photometric=photometric,
+        declared_width=declared[0] if declared else None,
+        declared_height=declared[1] if declared else None,
     )
+
+
+#: Markers that say how a JPEG codestream's colour is coded (JFIF: YCbCr; Adobe: either).
+_JFIF_OR_ADOBE = re.compile(rb"\xff\xe0..JFIF\x00|\xff\xee..Adobe", re.S)
+
+
+def _wrapped_jpeg(ds: Dataset, tsyntax: uid.UID, photometric: str) -> bytes | None:
+    """The codestream of a one-frame, 8-bit JPEG Baseline colour image whose colour coding
+    the codestream itself or a YBR label makes plain; None: decoded by pydicom as before."""
+    if tsyntax != uid.JPEGBaseline8Bit or _int(ds, "NumberOfFrames", 1) != 1:
+        return None
+    if _int(ds, "SamplesPerPixel", 3) != 3 or _int(ds, "BitsAllocated", 8) != 8:
+        return None
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # noqa: BLE001 - pydicom's own decoder then says what is wrong
+        return None
+    if photometric.startswith("YBR") or _JFIF_OR_ADOBE.search(frame[:4096]):
+        return frame
+    return None
+
+
+def _jpeg_pixels(ds: Dataset, decoded: tuple[np.ndarray, tuple[int, int] | None]
+                 ) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The wrapped JPEG as decoded (pixels, declared size); its size must be the data set's."""
+    arr, declared = decoded
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    size = declared or (arr.shape[1], arr.shape[0])
+    if size != (cols, rows):
+        raise InputRejected(
+            RejectionReason.DICOM_INVALID,
+            f"the DICOM's JPEG is {size[0]} x {size[1]} but its Columns x Rows say "
+            f"{cols} x {rows}",
+        )
+    return arr, declared
 
 
 def _transfer_syntax(data: bytes) -> uid.UID:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select
@@ -85,7 +86,10 @@ class Intake:
         door: SourceDoor,
         metadata: ImageMetadata | None = None,
         original_name: str | None = None,
+        received_at: datetime | None = None,
     ) -> Admission:
+        """``received_at``: when the file arrived (the intake folder's first sight of it),
+        when that was before now; the report prints it as "Received"."""
         metadata = metadata or ImageMetadata()
         original_name = recorded_name(original_name)
         sha = archive.sha256_bytes(data)
@@ -95,12 +99,18 @@ class Intake:
         except InputRejected as exc:
             rejection = exc
         path = archive.store(self.settings.archive_dir, data, sha)
+        record = (sha, str(path), len(data), door, metadata, original_name, rejection, received_at)
         try:
-            admission = self._record(sha, str(path), len(data), door, metadata, original_name, rejection)
+            admission = self._record(*record)
         except IntegrityError:  # the same content arrived concurrently by another door
-            admission = self._record(sha, str(path), len(data), door, metadata, original_name, rejection)
-        log.info("job %s admitted via %s: %s%s", admission.job_id, door.value, admission.state.value,
-                 " (duplicate)" if admission.duplicate else "")
+            admission = self._record(*record)
+        if admission.duplicate:
+            log.info("a re-sent file via %s joined existing job %s (%s); recorded as another "
+                     "submission of it (`melanoma-triage jobs show %s`)", door.value,
+                     admission.job_id, admission.state.value, admission.job_id)
+        else:
+            log.info("job %s admitted via %s: %s", admission.job_id, door.value,
+                     admission.state.value)
         if admission.state == JobState.REJECTED:
             code = rejection.code if rejection else RejectionReason.DUPLICATE_OF_REJECTED
             record_rejection(self.sessions, self.settings.rejected_dir, admission.job_id, code,
@@ -142,12 +152,14 @@ class Intake:
                          source=source, original_name=original_name)
         return Admission(job_id, JobState.REJECTED, reason=reason)
 
-    def _record(self, sha, path, size, door, metadata, original_name, rejection) -> Admission:
+    def _record(self, sha, path, size, door, metadata, original_name, rejection,
+                received_at=None) -> Admission:
         """New content: image, job and submission in one transaction of three inserts, the job
         already queued (it is sent right after: :meth:`_send_queued`). Content already here
         trips the unique sha256; it is then recorded as a duplicate submission."""
         caller = metadata.model_dump(mode="json", exclude_none=True)
         now = utcnow()
+        arrived = min(received_at, now) if received_at is not None else now
         image_id, job_id = new_id(), new_id()
         job = dict(id=job_id, image_id=image_id, created_at=now, updated_at=now)
         if rejection:
@@ -160,23 +172,23 @@ class Intake:
             with self.sessions.begin() as s:
                 s.execute(_INSERT_IMAGE, dict(
                     id=image_id, sha256=sha, archive_path=path, size_bytes=size,
-                    source_door=door.value, caller_metadata=caller, received_at=now))
+                    source_door=door.value, caller_metadata=caller, received_at=arrived))
                 s.execute(_INSERT_JOB, dict(state=state.value, **job))
                 s.execute(_INSERT_SUBMISSION, dict(
                     id=new_id(), job_id=job_id, door=door.value, original_name=original_name,
-                    caller_metadata=caller, received_at=now))
+                    caller_metadata=caller, received_at=arrived))
         except IntegrityError:  # the same content is here already (or arrived concurrently)
-            return self._record_duplicate(sha, door, caller, original_name)
+            return self._record_duplicate(sha, door, caller, original_name, arrived)
         if rejection:
             return Admission(job_id, state, reason=rejection.reason)
         return Admission(job_id, JobState.RECEIVED)  # the outcome for the caller: accepted
 
-    def _record_duplicate(self, sha, door, caller, original_name) -> Admission:
+    def _record_duplicate(self, sha, door, caller, original_name, arrived) -> Admission:
         with self.sessions.begin() as s:
             image = s.execute(select(Image).where(Image.sha256 == sha)).scalar_one()
             job = image.job
             s.add(Submission(job_id=job.id, door=door.value, original_name=original_name,
-                             caller_metadata=caller, duplicate=True))
+                             caller_metadata=caller, duplicate=True, received_at=arrived))
             reason = f"duplicate of job {job.id}" + (f": {job.error}" if job.error else "")
             return Admission(job.id, JobState(job.state), duplicate=True, reason=reason)
 

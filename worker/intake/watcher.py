@@ -5,21 +5,27 @@ the ``*.part``-style names of copies in progress are left alone), nothing stops 
 entry is contained, and one it cannot explain is recorded as that entry's rejection. Log
 lines never carry a file name (it may carry a patient's name). An entry goes through:
 
-1. **Stable**: its size and mtime (its target's, for a symbolic link) have not changed for
-   ``stable_seconds`` and ``stable_scans`` scans, so a copy that stalls on a slow share is
-   not taken half-written.
+1. **Ready**: its size and mtime (its target's, for a symbolic link) have not changed for
+   ``stable_scans`` scans and as long as its content asks (:meth:`IntakeWatcher._waited`),
+   judged where its writer put it: a whole JPEG, PNG or DICOM file ``settle_seconds`` (and,
+   with no sidecar beside it, ``sidecar_wait_seconds`` after it arrived); one that ends
+   early ``incomplete_grace_seconds``, left in place so that a writer that pauses and then
+   appends (opening it by name again) makes it whole: one file, one job; anything else
+   ``stable_seconds``, so a copy that stalls on a slow share is not taken half-written. Its
+   JSON sidecar or its folder's ``manifest.csv`` (:mod:`worker.intake.companions`) gives
+   its metadata.
 2. **Claimed**: renamed atomically to ``intake/.processing/<random id>`` with its original
-   name in ``<random id>.name`` beside it: two watchers never take the same entry, a name of
-   any length can be claimed (a 255-byte name plus a prefix would not fit), and a crash
-   leaves both there to be taken up again (admission is idempotent by content hash).
+   name in ``<random id>.name`` and its metadata and arrival time in ``<random id>.meta``
+   beside it: two watchers never take the same entry, a name of any length can be claimed
+   (a 255-byte name plus a prefix would not fit), and a crash leaves them there to be taken
+   up again (admission is idempotent by content hash).
 3. **Read**: only a regular file is opened, never blocking (a FIFO is not opened at all),
    and only when ``stat`` says it is within ``max_file_bytes``: a larger file is rejected
    and moved to rejected/ as it is, never read. After reading, the open file is checked
    again; if it changed (on POSIX a rename does not stop a writer that holds it open), it
-   must settle again before it is read anew. A file whose content ends early (a JPEG with no
-   end marker, a PNG with no IEND, a DICOM element cut; or empty) is held for
-   ``incomplete_grace_seconds`` after its last change in case its writer resumes, then
-   judged as it is. Never is a half-read file admitted.
+   must settle again before it is read anew, by the same rules as in step 1 (a file that
+   then ends early is held for ``incomplete_grace_seconds`` after its last change in case
+   its writer resumes, then judged as it is). Never is a half-read file admitted.
 
 Odd entries: a FIFO, a socket, a device, a dangling or looping symbolic link, a link to a
 folder are rejected as ``not_a_regular_file`` and moved (renamed, never opened) to
@@ -32,6 +38,7 @@ then removed. A folder is walked whatever its name; an empty one stays.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -40,14 +47,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from schemas import RejectionReason, SourceDoor
+from schemas import ImageMetadata, RejectionReason, SourceDoor
 from worker.errors import TransientError
-from worker.imaging.completeness import cut_short
+from worker.imaging.completeness import cut_short, is_whole
+from worker.intake import sidecars
 from worker.intake.admission import Admission, Intake
+from worker.intake.companions import Companions
 from worker.intake.names import recorded_name
 from worker.intake.rejections import describe_exception
 
@@ -56,6 +66,10 @@ log = logging.getLogger(__name__)
 PROCESSING_DIR = ".processing"
 #: Suffix of the file that holds a claimed entry's original name.
 NAME_SUFFIX = ".name"
+#: Suffix of the file that holds a claimed entry's metadata (sidecar, manifest row) and arrival.
+META_SUFFIX = ".meta"
+#: What a file's content says of it (cached per signature): see :meth:`IntakeWatcher._judge`.
+WHOLE, CUT, UNKNOWN = "whole", "cut", "unknown"
 #: Names of files still being written by common copy tools.
 IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart")
 #: Folder names that look like image files: walked as folders, said once in the log.
@@ -86,6 +100,8 @@ class _Watch:
     since: float
     scans: int = 1
     held: bool = False  # read, found to end early, waiting for its writer to resume
+    verdict: str | None = None  # WHOLE, CUT or UNKNOWN, for this signature
+    taken: bool = False  # claimed with this signature: judged ready already
 
 
 class _Watches:
@@ -183,7 +199,9 @@ def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
 class IntakeWatcher:
     """Takes complete files from one folder into ``intake``; ``scan_once`` never raises.
 
-    ``stable_seconds`` and ``incomplete_grace_seconds`` default to the intake's settings.
+    ``stable_seconds`` and ``incomplete_grace_seconds`` default to the intake's settings;
+    the short settle of a whole file and the wait for a sidecar never exceed
+    ``stable_seconds`` (the fast path is never the slower one).
     """
 
     def __init__(
@@ -203,9 +221,13 @@ class IntakeWatcher:
         self.incomplete_grace_seconds = (settings.incomplete_grace_seconds
                                          if incomplete_grace_seconds is None
                                          else incomplete_grace_seconds)
+        self.settle_seconds = min(settings.settle_seconds, self.stable_seconds)
+        self.sidecar_wait_seconds = min(settings.sidecar_wait_seconds, self.stable_seconds)
         self.max_bytes = settings.max_file_bytes
         self._waiting = _Watches()  # entries in the intake folder
         self._claimed = _Watches()  # entries in .processing/
+        self._arrived: dict[Path, tuple[float, float]] = {}  # first seen: monotonic, wall clock
+        self.companions = Companions(intake, settings.sidecar_orphan_seconds)
         self._unclaimable: set[tuple[Path, Signature]] = set()
         self._noted: set[tuple[str, Path]] = set()
 
@@ -243,16 +265,64 @@ class IntakeWatcher:
                                    "named like an image file: it is walked as a folder")
                     stack.append((path, depth + 1))
 
-    def _stable(self, watch: _Watch, now: float) -> bool:
-        return watch.scans >= self.stable_scans and now - watch.since >= self.stable_seconds
+    def _settled(self, watch: _Watch, now: float) -> bool:
+        """Unchanged for ``stable_scans`` scans and the short settle."""
+        return watch.scans >= self.stable_scans and now - watch.since >= self.settle_seconds
+
+    def _waited(self, watch: _Watch, now: float) -> bool:
+        """Unchanged as long as its content asks: a whole file the short settle, one that
+        ends early the incomplete grace (never less than ``stable_seconds``: it stays where
+        its writer put it, so a writer that pauses and then appends makes it whole), and
+        anything not understood (or not a regular file) ``stable_seconds``."""
+        if not self._settled(watch, now):
+            return False
+        need = {WHOLE: self.settle_seconds,
+                CUT: max(self.stable_seconds, self.incomplete_grace_seconds)}
+        return now - watch.since >= need.get(watch.verdict, self.stable_seconds)
+
+    @staticmethod
+    def _verdict(data: bytes) -> str:
+        if is_whole(data):
+            return WHOLE
+        if not data or cut_short(data) is not None:
+            return CUT
+        return UNKNOWN
+
+    def _judge(self, path: Path, watch: _Watch) -> str | None:
+        """What the file's content says, read where it lies; None: it changed meanwhile."""
+        if watch.signature[1] > self.max_bytes:
+            return UNKNOWN  # rejected unread once stable
+        try:
+            data, after = read_regular_file(path, self.max_bytes)
+        except (NotARegularFile, OSError):
+            return UNKNOWN
+        if signature(after) != watch.signature or len(data) != after.st_size:
+            return None
+        return self._verdict(data)
+
+    def _ready(self, path: Path, why: str | None, watch: _Watch, now: float) -> bool:
+        if not self._settled(watch, now):
+            return False
+        if why is None and watch.verdict is None:
+            watch.verdict = self._judge(path, watch)
+            if watch.verdict is None:
+                return False
+        return self._waited(watch, now)
+
+    def _companions_ready(self, path: Path, now: float) -> bool:
+        """Its sidecar or manifest written, or none came within the brief wait."""
+        found = self.companions.of(path)
+        if found:
+            return all(self._settled(self.companions.seen[c], now) for c in found)
+        return now - self._arrived[path][0] >= self.sidecar_wait_seconds
 
     def ready_files(self, now: float | None = None) -> list[Path]:
-        """Entries whose signature has been stable long enough (files or odd entries)."""
+        """Entries ready to be claimed (files or odd entries): see :meth:`_waited`."""
         now = time.monotonic() if now is None else now
-        ready, present = [], set()
+        ready, present, companions = [], set(), {}
         for path in self._entries():
             try:
-                _why, st = inspect_entry(path)
+                why, st = inspect_entry(path)
             except FileNotFoundError:
                 continue  # vanished between listing and stat
             except OSError as exc:
@@ -260,30 +330,50 @@ class IntakeWatcher:
                            exc.strerror or type(exc).__name__)
                 continue
             present.add(path)
-            if self._stable(self._waiting.observe(path, signature(st), now), now):
+            watch = self._waiting.observe(path, signature(st), now)
+            self._arrived.setdefault(path, (now, min(time.time(), st.st_ctime)))
+            if why is None and sidecars.is_companion(path.name):
+                companions[path] = watch
+            elif self._ready(path, why, watch, now):
                 ready.append(path)
         self._waiting.keep_only(present)
+        self._arrived = {p: a for p, a in self._arrived.items() if p in present}
         self._unclaimable = {key for key in self._unclaimable if key[0] in present}
-        return ready
+        self.companions.index(companions, present - set(companions))
+        return [p for p in ready if self._companions_ready(p, now)]
 
     def claim(self, path: Path) -> Path | None:
-        """Move ``path`` to ``.processing/<id>`` (its name to ``<id>.name``); None if gone."""
+        """Move ``path`` to ``.processing/<id>`` (its name to ``<id>.name``, its metadata and
+        arrival to ``<id>.meta``); None if gone. Its sidecar is used up once it is claimed."""
         self.processing.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
         claimed = self.processing / token
         name_file = self.processing / (token + NAME_SUFFIX)
+        meta_file = self.processing / (token + META_SUFFIX)
+        gathered = self.companions.metadata_for(path)
+        arrived = self._arrived.get(path, (0.0, time.time()))[1]
         name_file.write_bytes(os.fsencode(path.name))
+        meta_file.write_text(json.dumps({
+            "metadata": gathered.metadata.model_dump(mode="json", exclude_none=True),
+            "received_at": datetime.fromtimestamp(arrived, timezone.utc).isoformat()}))
         try:
             os.rename(path, claimed)
         except BaseException as exc:
             name_file.unlink(missing_ok=True)
+            meta_file.unlink(missing_ok=True)
             if isinstance(exc, FileNotFoundError):
                 return None  # another watcher took it
             raise
         watch = self._waiting.get(path)
         self._waiting.forget(path)
         if watch is not None:
-            self._claimed.adopt(claimed, watch)  # stable already: no second wait
+            watch.taken = True  # ready already: no second wait
+            self._claimed.adopt(claimed, watch)
+        try:
+            self.companions.used(path, gathered)
+        except Exception as exc:  # noqa: BLE001 - the image is claimed; the sidecar waits
+            log.error("the sidecar or manifest of a claimed file could not be settled (%s)",
+                      type(exc).__name__)
         return claimed
 
     # ----------------------------------------------------------------- claimed entries
@@ -293,11 +383,13 @@ class IntakeWatcher:
             names = sorted(os.listdir(self.processing))
         except FileNotFoundError:
             return []
-        entries = [n for n in names if not n.endswith(NAME_SUFFIX) and not n.startswith(".")]
+        entries = [n for n in names if not n.endswith((NAME_SUFFIX, META_SUFFIX))
+                   and not n.startswith(".")]
         present = set(entries)
         for name in names:
-            if name.endswith(NAME_SUFFIX) and name[: -len(NAME_SUFFIX)] not in present:
-                self._drop_orphan_name(self.processing / name)
+            for suffix in (NAME_SUFFIX, META_SUFFIX):
+                if name.endswith(suffix) and name[: -len(suffix)] not in present:
+                    self._drop_orphan_name(self.processing / name)
         paths = [self.processing / n for n in entries]
         self._claimed.keep_only(set(paths))
         return paths
@@ -317,8 +409,23 @@ class IntakeWatcher:
         except FileNotFoundError:  # claimed by an older version: "<id>__<name>"
             return recorded_name(claimed.name.split("__", 1)[1]) if "__" in claimed.name else None
 
+    @staticmethod
+    def claimed_metadata(claimed: Path) -> tuple[ImageMetadata | None, datetime | None]:
+        """The metadata (sidecar, manifest row) and arrival time recorded when it was claimed."""
+        try:
+            doc = json.loads(claimed.with_name(claimed.name + META_SUFFIX).read_text())
+            return (ImageMetadata.model_validate(doc.get("metadata") or {}),
+                    datetime.fromisoformat(doc["received_at"]))
+        except FileNotFoundError:  # claimed by an older version
+            return None, None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.error("the metadata recorded with a claimed file cannot be read; it is taken "
+                      "without it")
+            return None, None
+
     def _done(self, claimed: Path, admission: Admission) -> Admission:
-        for path in (claimed, claimed.with_name(claimed.name + NAME_SUFFIX)):
+        for path in (claimed, claimed.with_name(claimed.name + NAME_SUFFIX),
+                     claimed.with_name(claimed.name + META_SUFFIX)):
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -333,7 +440,10 @@ class IntakeWatcher:
             claimed, SourceDoor.INTAKE, name, code, reason, size_bytes=size_bytes))
 
     def process_claimed(self, claimed: Path, now: float | None = None) -> Admission | None:
-        """Admit or reject one claimed entry; None while it must wait (changed, or ends early)."""
+        """Admit or reject one claimed entry; None while it must wait (changed, or ends early).
+
+        A file claimed with the signature it was judged ready by is taken at once; one that
+        changed after its claim (its writer held it open) waits as :meth:`_waited` says."""
         now = time.monotonic() if now is None else now
         name = self.original_name(claimed)
         try:
@@ -346,13 +456,13 @@ class IntakeWatcher:
             return self._reject(claimed, name, RejectionReason.NOT_A_REGULAR_FILE,
                                 f"not a regular file: {why}")
         watch = self._claimed.observe(claimed, signature(st), now)
-        if not self._stable(watch, now):
+        if not watch.taken and not self._settled(watch, now):
             return None
         if st.st_size > self.max_bytes:
             return self._reject(claimed, name, RejectionReason.TOO_LARGE_FILE,
                                 f"the file is {st.st_size:,} bytes, more than the limit of "
                                 f"{self.max_bytes:,} bytes", size_bytes=st.st_size)
-        if watch.held and now - watch.since < self.incomplete_grace_seconds:
+        if not watch.taken and watch.verdict is not None and not self._waited(watch, now):
             return None
         try:
             data, after = read_regular_file(claimed, self.max_bytes)
@@ -367,15 +477,18 @@ class IntakeWatcher:
                      "waiting for it to settle")
             self._claimed.observe(claimed, signature(after), now)
             return None
-        if (not data or cut_short(data) is not None) and \
-                now - watch.since < self.incomplete_grace_seconds:
-            if not watch.held:
-                log.info("a claimed file ends early; held up to %.0f s in case its writer resumes",
-                         self.incomplete_grace_seconds)
-            watch.held = True
-            return None
-        return self._done(claimed, self.intake.admit_bytes(data, SourceDoor.INTAKE,
-                                                           original_name=name))
+        if not watch.taken:
+            watch.verdict = self._verdict(data)
+            if not self._waited(watch, now):
+                if watch.verdict == CUT and not watch.held:
+                    log.info("a claimed file ends early; held up to %.0f s in case its writer "
+                             "resumes", self.incomplete_grace_seconds)
+                watch.held = watch.verdict == CUT
+                return None
+        metadata, received_at = self.claimed_metadata(claimed)
+        return self._done(claimed, self.intake.admit_bytes(
+            data, SourceDoor.INTAKE, metadata=metadata, original_name=name,
+            received_at=received_at))
 
     # ----------------------------------------------------------------- scanning
 
@@ -393,7 +506,7 @@ class IntakeWatcher:
                 self.claim(path)
             except Exception as exc:  # noqa: BLE001 - one file never stops the watcher
                 self._claim_failed(path, exc)
-        admissions = []
+        admissions: list[Admission] = []
         for claimed in self._claimed_entries():
             try:
                 admission = self.process_claimed(claimed, now)
@@ -405,6 +518,7 @@ class IntakeWatcher:
                 admission = self._contain(claimed, exc)
             if admission is not None:
                 admissions.append(admission)
+        self.companions.tend(now, lambda p: self._arrived.get(p, (now, 0.0))[0], self._settled)
         return admissions
 
     def _contain(self, claimed: Path, exc: Exception) -> Admission | None:
@@ -450,8 +564,9 @@ class IntakeWatcher:
             log.warning(message, *args)
 
     def run(self, interval_s: float, stop: threading.Event) -> None:
-        log.info("watching %s every %.1fs (files taken once unchanged for %.0fs)",
-                 self.folder, interval_s, self.stable_seconds)
+        log.info("watching %s every %.1fs (a whole JPEG, PNG or DICOM file taken once unchanged "
+                 "for %.1fs, any other file for %.0fs)", self.folder, interval_s,
+                 self.settle_seconds, self.stable_seconds)
         while not stop.is_set():
             self.scan_once()
             stop.wait(interval_s)

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from schemas import ImageMetadata, PredictionResult
-from worker.classify.triage import explain
 from worker.db import jobs
 from worker.durable import fsync_dir
 from worker.errors import InputRejected
@@ -27,6 +26,7 @@ from worker.imaging.quality import assess_quality
 from worker.intake import archive
 from worker.intake.rejections import record_rejection
 from worker.report import ReportContent, render_report, report_filename
+from worker.report.wording import referral_wording, triage_sentence
 from worker.jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     result = classifier.predict(decoded.rgb, usable_image=usable)
     metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
     thresholds = classifier.metadata.thresholds
-    report_path = settings.reports_dir / report_filename(metadata, job_id)
+    original_name = _original_name(rt, job_id)  # printed, and names an image without ids
+    report_path = settings.reports_dir / report_filename(metadata, job_id, original_name)
     pending = pending_report_path(report_path)  # becomes report_path once the database agrees
     lease.check()  # a superseded attempt must not overwrite the report of the one that won
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             image_rgb=decoded.rgb,
             probabilities=result.probabilities,
             triage=result.triage,
-            triage_explanation=explain(result.probabilities, thresholds, result.triage, quality_reason),
+            triage_explanation=triage_sentence(result.probabilities, thresholds, result.triage, quality_reason),
             thresholds=thresholds,
             model_version=result.model_version,
             image_sha256=item.image_sha256,
@@ -90,6 +91,10 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             quality_note=quality_reason,
             # embedded as it is when it shows the pixels as classified (no second encoding)
             source_jpeg=data if decoded.source_format == "jpeg" else None,
+            original_name=original_name,
+            predicted_class=result.predicted_class,
+            timezone=settings.timezone,
+            referral_wording=referral_wording(result.triage, settings.referral_wording),
         ),
         pending,
         private=True,  # fsynced there; place_report renames it into place durably
@@ -125,6 +130,11 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
         return "skipped"
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
+
+
+def _original_name(rt: Runtime, job_id: str) -> str | None:
+    with rt.sessions() as s:
+        return jobs.original_name(s, job_id)
 
 
 def pending_report_path(report_path: Path) -> Path:

@@ -37,6 +37,14 @@ class ReportContent:
     #: The file ``image_rgb`` was decoded from, when it is a JPEG: embedded as it is (its
     #: image segments only) when it shows the same pixels (``worker.report.thumbnail``).
     source_jpeg: bytes | None = None
+    #: The name the file came with (intake folder, HTTP upload, DICOM re-send): printed.
+    original_name: str | None = None
+    #: The model's class call (``PredictionResult.predicted_class``): printed under the banner.
+    predicted_class: str | None = None
+    #: IANA zone of every time printed (``TRIAGE_TIMEZONE``), with the zone named.
+    timezone: str = "UTC"
+    #: The banner's words for this level (``TRIAGE_REFERRAL_WORDING``); None: the neutral default.
+    referral_wording: str | None = None
 
     def __post_init__(self) -> None:
         img = self.image_rgb
@@ -55,6 +63,8 @@ class ReportContent:
         for name, p in self.probabilities.items():
             if not (isinstance(p, (int, float)) and math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6):
                 raise ValueError(f"probability of {name} must be a finite number in [0, 1], got {p!r}")
+        if self.predicted_class is not None and self.predicted_class not in CLASS_NAMES:
+            raise ValueError(f"predicted_class must be one of CLASS_NAMES, got {self.predicted_class!r}")
         if not isinstance(self.triage, TriageLevel):
             raise ValueError(f"triage must be a TriageLevel, got {self.triage!r}")
         for field in ("received_at", "reported_at"):

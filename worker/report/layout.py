@@ -28,7 +28,6 @@ import functools
 import io
 import pathlib
 import zlib
-from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
@@ -59,6 +58,7 @@ from worker.classify.triage import percent
 from worker.report.content import ReportContent
 from worker.report.flowables import Box, Columns, EncodedJpeg, FixedParagraph, FramedPicture, Panel
 from worker.report.thumbnail import thumbnail_jpeg
+from worker.report.wording import local_time, most_likely, referral_wording
 
 TITLE = "Dermoscopy triage report \u2014 decision support"
 NOT_RECORDED = "not recorded"
@@ -258,17 +258,13 @@ def _laterality_text(code: str | None) -> str | None:
     return f"{wording} ({code})"
 
 
-def _utc(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 # ---------------------------------------------------------------- blocks
 
 
 def _header(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     sub = _fixed("Automated dermoscopy image analysis for referral triage. "
                  "Not a diagnosis \u2014 see the statement at the foot of this page.", "subtitle")
-    when = Paragraph(f"Reported {_utc(c.reported_at)}", st["when"])
+    when = Paragraph(f"Reported {escape(local_time(c.reported_at, c.timezone))}", st["when"])
     row = Columns(sub, when, CONTENT_W - 60 * mm, 60 * mm, valign="bottom")
     head = Panel([(_fixed(escape(TITLE), "title"), 3), (row, 0)], CONTENT_W,
                  Box(bottom=5, rule_below=(1.2, INK)))
@@ -305,8 +301,9 @@ def _patient_block(c: ReportContent, st: dict[str, ParagraphStyle], width: float
         ("Study date", _plain(md.study_date.isoformat() if md.study_date else None), "value"),
         ("Body site", _plain(md.body_site), "value"),
         ("Laterality", _plain(_laterality_text(md.laterality)), "value"),
-        ("Received (UTC)", _utc(c.received_at), "value"),
-        ("Reported (UTC)", _utc(c.reported_at), "value"),
+        ("Original file", _plain(c.original_name), "value"),
+        ("Received", local_time(c.received_at, c.timezone), "value"),
+        ("Reported", local_time(c.reported_at, c.timezone), "value"),
         ("Study UID", _plain(md.study_instance_uid), "small"),
         ("Series UID", _plain(md.series_instance_uid), "small"),
         ("SOP instance UID", _plain(md.sop_instance_uid), "small"),
@@ -359,10 +356,19 @@ def _banner(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:
     fill, ink = BANNER[c.triage]
     hexink = ink.hexval()[2:]
     label = _fixed(f'<font color="#{hexink}">TRIAGE RESULT</font>', "banner_label")
-    wording = _fixed(f'<font color="#{hexink}">{escape(c.triage.wording)}</font>', "banner")
+    words = c.referral_wording or referral_wording(c.triage)
+    wording = _fixed(f'<font color="#{hexink}">{escape(words)}</font>', "banner")
     banner = Panel([(label, 1), (wording, 0)], CONTENT_W, Box(left=8, right=8, top=5, bottom=7, fill=fill))
     reason = Paragraph(f"<b>Reason:</b> {_text(c.triage_explanation, MAX_SENTENCE_CHARS)}", st["value"])
-    explanation = Panel([(reason, 0)], CONTENT_W,
+    lines = [(reason, 0)]
+    if c.predicted_class is not None:
+        weighed = ("; named after weighing each class by how often the model gives it, so it can "
+                   "differ from the most probable" if c.predicted_class != most_likely(c.probabilities)[0]
+                   else "")
+        call = Paragraph(f"<b>Class call:</b> {escape(DISPLAY_NAMES[c.predicted_class])} "
+                         f"({percent(float(c.probabilities[c.predicted_class]))}{weighed})", st["value"])
+        lines = [(reason, 2), (call, 0)]
+    explanation = Panel(lines, CONTENT_W,
                         Box(left=8, right=6, top=4, bottom=5, stroke=fill, stroke_width=1))
     return [banner, explanation]
 
@@ -418,7 +424,10 @@ class ProbabilityChart(Flowable):
             cv.setFont(font, 8.5)
             cv.drawRightString(x0 - 6, y + 2.8, DISPLAY_NAMES[name] + (" *" if name in SOON_CLASSES else ""))
             cv.setFont(font, 8)
-            cv.drawString(x0 + plot_w * p + 4, y + 2.8, percent(p))
+            label = percent(p)
+            mark = x0 + plot_w * self.urgent if is_mel else None
+            cv.drawString(value_label_x(x0 + plot_w * p + 4, pdfmetrics.stringWidth(label, font, 8),
+                                        mark), y + 2.8, label)
             if p > 0:
                 cv.setFillColor(BAR_MELANOMA if is_mel else BAR)
                 cv.rect(x0, y, max(plot_w * p, 0.6), self.BAR_H, stroke=0, fill=1)
@@ -430,6 +439,18 @@ class ProbabilityChart(Flowable):
                 cv.line(tx, y - 3, tx, y + self.BAR_H + 3)
                 cv.setDash()
         cv.restoreState()
+
+
+#: Space kept between the threshold mark and the value label beside it (points).
+MARK_CLEARANCE = 3.0
+
+
+def value_label_x(x: float, width: float, mark: float | None) -> float:
+    """Where a bar's value label starts: just after its bar, or just after the threshold
+    mark when the label would otherwise lie across it (the mark never covers text)."""
+    if mark is not None and x - MARK_CLEARANCE <= mark <= x + width + MARK_CLEARANCE:
+        return mark + MARK_CLEARANCE
+    return x
 
 
 def _chart_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> list:

@@ -35,13 +35,25 @@ def _safe_part(value: str | None) -> str:
     return text[:MAX_NAME_PART].rstrip("._-")
 
 
-def report_filename(metadata: ImageMetadata, job_id: str) -> str:
-    """``<accession or patient id>_<job_id>.pdf``: what staff search for, safe on any share."""
+def report_filename(metadata: ImageMetadata, job_id: str, original_name: str | None = None) -> str:
+    """``<accession or patient id>_<job_id>.pdf``: what staff search for, safe on any share.
+    With neither id, ``<stem of the original file name>_<job_id>.pdf`` (``lesion.jpg`` ->
+    ``lesion_<job>.pdf``), and ``NOID_<job_id>.pdf`` when there is no usable name either."""
     job = _safe_part(job_id)
     if not job:
         raise ValueError("job_id has no usable characters for a file name")
-    key = _safe_part(metadata.accession_number) or _safe_part(metadata.patient_id) or NO_ID
+    key = (_safe_part(metadata.accession_number) or _safe_part(metadata.patient_id)
+           or _safe_part(_stem(original_name)) or NO_ID)
     return f"{key}_{job}.pdf"
+
+
+def _stem(name: str | None) -> str | None:
+    """The original name's last path part without its extension."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, _ext = base.rpartition(".")
+    return stem if dot and stem else base
 
 
 def render_report(content: ReportContent, out_path: pathlib.Path, *, private: bool = False) -> str:

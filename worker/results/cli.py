@@ -44,6 +44,8 @@ def list_(
             rows = deliveries.listing(s, None if state == "all" else DeliveryState(state), limit)
             for r in rows:
                 typer.echo(json.dumps(delivery_row(r)))
+            if not rows:
+                typer.echo("no deliveries" + ("" if state == "all" else f" {state}"), err=True)
     finally:
         engine.dispose()
 
