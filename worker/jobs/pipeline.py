@@ -90,6 +90,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             quality_note=quality_reason,
             # embedded as it is when it shows the pixels as classified (no second encoding)
             source_jpeg=data if decoded.source_format == "jpeg" else None,
+            calibration_note=classifier.calibration_note,
         ),
         pending,
         private=True,  # fsynced there; place_report renames it into place durably

@@ -37,6 +37,9 @@ class ReportContent:
     #: The file ``image_rgb`` was decoded from, when it is a JPEG: embedded as it is (its
     #: image segments only) when it shows the same pixels (``worker.report.thumbnail``).
     source_jpeg: bytes | None = None
+    #: Which calibration the percentages use (``Classifier.calibration_note``): the version,
+    #: and for a site version the confirmed cases of the site it was calibrated on.
+    calibration_note: str | None = None
 
     def __post_init__(self) -> None:
         img = self.image_rgb
