@@ -17,7 +17,7 @@ def calibrate(
     version: Annotated[Optional[str], typer.Option("--version", help="Base version (default: current)")] = None,
     min_melanoma: Annotated[int, typer.Option("--min-melanoma", min=1)] = 30,
     min_benign: Annotated[int, typer.Option("--min-benign", min=1, help="Other confirmed lesions needed")] = 100,
-    sensitivity: Annotated[float, typer.Option("--sensitivity", min=0.5, max=1.0,
+    sensitivity: Annotated[float, typer.Option("--sensitivity", min=0.8, max=1.0,
                                                help="Required urgent sensitivity on new cases "
                                                     "(one of the table's rows, or any other)")] = 0.95,
     by: Annotated[Optional[str], typer.Option("--by", help="Who chose the operating point (model card)")] = None,

@@ -84,6 +84,10 @@ def format_proposal(p: Proposal) -> list[str]:
                   f"specificity {p.soon.specificity.text()}",
                   f"  expected on new cases (out of bag): sensitivity {p.soon.expected_sensitivity:.3f}, "
                   f"specificity {p.soon.expected_specificity:.3f}"]
+    default = p.gate.get("default_min_sensitivity")
+    if default is not None and u.required_sensitivity < default:
+        lines.append(f"sensitivity {u.required_sensitivity:.2f} is below the product default {default:.2f}: "
+                     "the site's decision, recorded on the model card with --by and --reason")
     if p.chosen_by:
         lines.append(f"chosen by {p.chosen_by}: {p.reason}")
     lines.append(f"gate: {'passed' if p.passed else 'FAILED'}")

@@ -24,7 +24,8 @@ chosen with the trade-off in view, the same promotion gate, a new model version.
    of bag (each case recalibrated by maps fitted without it): evidence, AUC
    non-inferiority against the base's probabilities, calibration error, and melanoma
    sensitivity (out of bag: the in-sample sensitivity at a threshold chosen on the same
-   cases would pass by construction).
+   cases would pass by construction) against the sensitivity the site chose, not the
+   product default (``retrain_min_sensitivity``), which is printed beside it.
 6. **Version**: ``worker.store.derived``: a new folder with the base's model file and
    artefacts, ``model.json`` with the new thresholds, ``recalibration.json``,
    ``parent_version`` = base, the provenance in ``notes``, ``training_command`` and
@@ -264,9 +265,14 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
             "soon_specificity": soon.expected_specificity} if soon else {})})
     sens, spec = interval_at(y, cases.probs[:, MELANOMA_INDEX], bt.urgent_melanoma, 2 * policy.n_boot,
                              policy.confidence, policy.seed)
-    gate_policy = replace(gate_policy or gates.GatePolicy(), min_positives=policy.min_melanoma,
-                          min_negatives=policy.min_benign)
+    # The sensitivity the site chose is the floor its version is held to (a governance
+    # decision, recorded with who made it); the product default is kept beside it.
+    gate_policy = gate_policy or gates.GatePolicy()
+    default_sensitivity = gate_policy.min_sensitivity
+    gate_policy = replace(gate_policy, min_positives=policy.min_melanoma, min_negatives=policy.min_benign,
+                          min_sensitivity=policy.required_sensitivity)
     gate = _gate(cases, base, thresholds, urgent, oob_probs, fit is not None, gate_policy)
+    gate["default_min_sensitivity"] = default_sensitivity
     return Proposal(base_version=base.version, thresholds=thresholds, urgent=urgent, soon=soon,
                     base_urgent={"threshold": bt.urgent_melanoma, "sensitivity": asdict(sens),
                                  "specificity": asdict(spec)},
