@@ -75,6 +75,15 @@ def _calibrated_site(sessions, settings, store, n=240, seed=1):
     return version
 
 
+def _miscalibrated_site(sessions, settings, store, n=260, seed=3):
+    """A site where the base's melanoma probabilities are far too high (``sitegen``)."""
+    version = store.current_version()
+    n_mel = sitegen.add_miscalibrated_site(sessions, settings.archive_dir, version,
+                                           store.metadata(version).thresholds, n, seed=seed)
+    assert n_mel >= 30 and n - n_mel >= 100
+    return version
+
+
 def test_too_few_cases_are_refused_with_the_counts(sessions, settings, store_with_tiny_model) -> None:
     version = _site(sessions, settings, store_with_tiny_model, n_mel=12, n_benign=150)
     with sessions() as s:
@@ -114,6 +123,8 @@ def test_proposal_becomes_a_version_that_promote_and_rollback_use(sessions, sett
     assert proposal.thresholds.urgent_melanoma != base_meta.thresholds.urgent_melanoma
     assert proposal.thresholds.min_confidence == base_meta.thresholds.min_confidence
     assert proposal.soon is None  # no keratinocyte lesions confirmed
+    # Honest probabilities: no map beats them out of bag, so the base's are kept.
+    assert proposal.recalibration is None and proposal.recalibration_fit["method"] == "none"
     added = site.write_version(store, proposal, "melanoma-triage calibrate", settings.home / "calibration")
     meta = store.metadata(added)
     assert "-site-" in added and len(added) <= 64
@@ -124,6 +135,12 @@ def test_proposal_becomes_a_version_that_promote_and_rollback_use(sessions, sett
     assert json.loads((folder / site.PROPOSAL_FILE).read_text())["base_version"] == base
     assert f"# Model card: {added}" in (folder / "model_card.md").read_text()
     assert not (folder / "reference.json").exists()  # none given: the parent's is replayed
+    assert not (folder / RECALIBRATION_FILE).exists()
+    from worker.classify.inference import Classifier
+
+    note = Classifier.from_store(store, added).calibration_note
+    assert note == f"{added}, thresholds calibrated on 240 confirmed cases of this site " \
+                   f"({proposal.created_at[:10]}); probabilities as trained"
     assert store.current_version() == base  # proposed, not promoted
     admin.promote(store, sessions, added, "test", "site calibration")
     assert store.current_version() == added
@@ -151,7 +168,7 @@ def test_predictions_of_a_recalibrated_version_are_not_the_bases(sessions, setti
     """A recalibrated version prints other probabilities: a later calibration is fitted on the
     weights' own ones, so the site version's predictions are rescored, not reused."""
     store = store_with_tiny_model
-    base = _calibrated_site(sessions, settings, store)
+    base = _miscalibrated_site(sessions, settings, store)
     with sessions() as s:
         proposal = site.propose(site.gather_cases(s, store, base), store.metadata(base), site.SitePolicy(n_boot=200))
     added = site.write_version(store, proposal, "test", settings.home / "calibration")
@@ -159,7 +176,7 @@ def test_predictions_of_a_recalibrated_version_are_not_the_bases(sessions, setti
     sitegen.add_site(sessions, settings.archive_dir, added, proposal.thresholds, 3, 3, seed=5)
     with sessions() as s:
         counts = site.gather_cases(s, store, added).counts
-    assert counts["used"] == 240 and counts["unscored"] == 6
+    assert counts["used"] == 260 and counts["unscored"] == 6
 
 
 def test_site_version_inherits_the_shift_reference(sessions, settings, store_with_tiny_model) -> None:
@@ -167,7 +184,7 @@ def test_site_version_inherits_the_shift_reference(sessions, settings, store_wit
     from worker.monitor import reference as ref
 
     store = store_with_tiny_model
-    base = _calibrated_site(sessions, settings, store)
+    base = _miscalibrated_site(sessions, settings, store)
     ref.save_reference(store.version_dir(base), ref.build_reference(base, _records(), THRESHOLDS, "g"))
     with sessions() as s:
         cases = site.gather_cases(s, store, base)
@@ -196,7 +213,7 @@ def _app() -> typer.Typer:
 
 def test_calibrate_command(settings, sessions, store_with_tiny_model) -> None:
     app, runner = _app(), CliRunner()
-    _calibrated_site(sessions, settings, store_with_tiny_model)
+    _miscalibrated_site(sessions, settings, store_with_tiny_model)
     home = ["--no-rescore", "--home", str(settings.home)]
     dry = runner.invoke(app, ["calibrate", "--dry-run", *home])
     assert dry.exit_code == 0, dry.output
@@ -230,10 +247,7 @@ def test_a_miscalibrated_base_passes_after_recalibration_and_not_with_thresholds
     """The issue's site: the base's percentages are far too high there. Thresholds alone
     cannot repair that (the gate judges the probabilities); the recalibrated version passes."""
     store = store_with_tiny_model
-    base = store.current_version()
-    n_mel = sitegen.add_miscalibrated_site(sessions, settings.archive_dir, base, store.metadata(base).thresholds,
-                                           260, seed=3)
-    assert n_mel >= 30
+    base = _miscalibrated_site(sessions, settings, store)
     with sessions() as s:
         cases = site.gather_cases(s, store, base)
     threshold_only = site.propose(cases, store.metadata(base), site.SitePolicy(n_boot=300, recalibrate=False))
@@ -331,8 +345,7 @@ def test_the_workers_serve_the_site_probabilities(sessions, settings, store_with
     from worker.classify.inference import Classifier
 
     store = store_with_tiny_model
-    base = store.current_version()
-    sitegen.add_miscalibrated_site(sessions, settings.archive_dir, base, store.metadata(base).thresholds, 260, seed=3)
+    base = _miscalibrated_site(sessions, settings, store)
     with sessions() as s:
         proposal = site.propose(site.gather_cases(s, store, base), store.metadata(base), site.SitePolicy(n_boot=200),
                                 chosen_by="Dr A. Example", reason="test")

@@ -37,11 +37,14 @@ def table_lines(rows: list[OperatingPoint], chosen: float | None = None, markdow
 
 def recalibration_line(p: Proposal) -> str:
     r, fit = p.recalibration, p.recalibration_fit
+    if r is None and fit is None:
+        return "probabilities: the base's, unchanged (threshold-only, --no-recalibrate)"
+    losses = ", ".join(f"{m} {v:.4f}" for m, v in fit["oob_log_loss"].items())
     if r is None:
-        return "probabilities: the base's, unchanged (threshold-only)"
+        return (f"probabilities: the base's, kept: no map fitted on these cases beats them out of bag "
+                f"(melanoma log loss {fit['log_loss_before']:.4f}; out of bag {losses})")
     how = (f"Platt scaling of the melanoma logit (slope {r['slope']:.3f}, intercept {r['intercept']:+.3f})"
            if r["method"] == "platt" else f"isotonic regression on the melanoma logit ({len(r['knots_logit'])} knots)")
-    losses = ", ".join(f"{m} {v:.4f}" for m, v in fit["oob_log_loss"].items())
     return (f"probabilities recalibrated on these cases: {how}; melanoma log loss {fit['log_loss_before']:.4f} "
             f"(base) -> out of bag {losses}")
 

@@ -10,7 +10,10 @@ site version also carries a monotone map of the melanoma probability
   temperature is the special case ``b = 0``), by maximum likelihood: two parameters, stable
   on a few dozen melanomas;
 * **isotonic regression** on the melanoma logit, only when the site has ``ISOTONIC_MIN``
-  melanomas and other lesions, and only if its out-of-bag log loss beats Platt's.
+  melanomas and other lesions, and only if its out-of-bag log loss beats Platt's;
+* **none**: where no map beats the base's own probabilities out of bag (a site where the
+  base is calibrated already), they are kept: a map fitted on a few dozen melanomas only
+  adds noise there.
 
 Fitting and judging on the same cases would flatter the map, so it is judged like the
 thresholds: fitted on stratified bootstrap resamples and applied to the cases each resample
@@ -109,24 +112,26 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass
 class RecalibrationFit:
-    """The map the version carries, the out-of-bag probabilities the gate judges, and how
-    each candidate method did out of bag."""
+    """The map the version carries (None: the base's probabilities are kept), the
+    probabilities the gate judges (out of bag), and how each candidate did out of bag."""
 
-    recalibration: Recalibration
+    recalibration: Recalibration | None
     oob_probs: np.ndarray  # (n, 9)
     oob_log_loss: dict[str, float]
     log_loss_before: float
 
     def summary(self) -> dict:
         r = self.recalibration
-        return {"method": r.method, "slope": r.slope, "intercept": r.intercept, "n_knots": len(r.knots_logit),
+        return {"method": r.method if r else "none", "slope": r.slope if r else None,
+                "intercept": r.intercept if r else None, "n_knots": len(r.knots_logit) if r else 0,
                 "oob_log_loss": self.oob_log_loss, "log_loss_before": self.log_loss_before}
 
 
 def recalibrate(probs: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0,
                 fitted_on: str = "") -> RecalibrationFit:
     """Platt scaling, or isotonic regression where the cases suffice and it does better out of
-    bag, fitted on all the cases; with every case's out-of-bag probabilities."""
+    bag, fitted on all the cases, with every case's out-of-bag probabilities; or none, when
+    neither beats the base's own probabilities (their log loss, nothing fitted) out of bag."""
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, bool)
     methods = ["platt"]
@@ -134,7 +139,10 @@ def recalibrate(probs: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int 
         methods.append("isotonic")
     oob = {m: out_of_bag_probabilities(probs, y, m, n_boot, seed) for m in methods}
     losses = {m: log_loss(oob[m][:, MELANOMA_INDEX], y) for m in methods}
+    before = log_loss(probs[:, MELANOMA_INDEX], y)
     best = min(methods, key=lambda m: losses[m])
+    if losses[best] >= before:
+        return RecalibrationFit(None, probs, losses, before)
     recal = fit(best, probs[:, MELANOMA_INDEX], y, n_cases=int(y.size), n_melanoma=int(y.sum()),
                 fitted_on=fitted_on)
-    return RecalibrationFit(recal, oob[best], losses, log_loss(probs[:, MELANOMA_INDEX], y))
+    return RecalibrationFit(recal, oob[best], losses, before)

@@ -9,8 +9,8 @@ chosen with the trade-off in view, the same promotion gate, a new model version.
 2. **Evidence**: at least ``min_melanoma`` (30) melanomas and ``min_benign`` (100) other
    lesions, or nothing is proposed.
 3. **Recalibration** (``worker.calibration.recalibrate``): Platt scaling of the melanoma
-   logit (isotonic where the cases suffice and it does better), judged out of bag; the
-   workers apply it (``worker.classify.recalibration``), so the printed percentages mean
+   logit (isotonic where the cases suffice and it does better), judged out of bag, and
+   kept only if it beats the base's own probabilities out of bag; the workers apply it (``worker.classify.recalibration``), so the printed percentages mean
    what they say at the site. ``recalibrate=False`` gives a threshold-only version.
 4. **Operating points** (``worker.calibration.thresholds``), on the recalibrated
    probabilities: for sensitivity 0.90, 0.93, 0.95 and 0.97 (and the one asked for) the
@@ -245,7 +245,8 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
     probs, oob_probs = cases.probs, cases.probs
     if policy.recalibrate:
         fit = recalibrate(cases.probs, y, policy.n_boot, policy.seed, fitted_on=f"{now:%Y-%m-%d}")
-        probs, oob_probs = fit.recalibration.apply(cases.probs), fit.oob_probs
+        if fit.recalibration is not None:
+            probs, oob_probs = fit.recalibration.apply(cases.probs), fit.oob_probs
     table, urgent = _operating_points(y, probs[:, MELANOMA_INDEX], policy)
     soon_idx = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
     y_soon = np.isin(cases.diagnoses, list(SOON_CLASSES))
@@ -271,7 +272,8 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
     default_sensitivity = gate_policy.min_sensitivity
     gate_policy = replace(gate_policy, min_positives=policy.min_melanoma, min_negatives=policy.min_benign,
                           min_sensitivity=policy.required_sensitivity)
-    gate = _gate(cases, base, thresholds, urgent, oob_probs, fit is not None, gate_policy)
+    recal = fit.recalibration if fit else None
+    gate = _gate(cases, base, thresholds, urgent, oob_probs, recal is not None, gate_policy)
     gate["default_min_sensitivity"] = default_sensitivity
     return Proposal(base_version=base.version, thresholds=thresholds, urgent=urgent, soon=soon,
                     base_urgent={"threshold": bt.urgent_melanoma, "sensitivity": asdict(sens),
@@ -283,7 +285,7 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
                     counts=cases.counts | {"melanoma": n_mel, "other": n_other, "keratinocyte": int(y_soon.sum()),
                                            "keratinocyte_needed": policy.min_keratinocyte},
                     cases_sha256=cases.digest(), created_at=now.isoformat(timespec="seconds"), table=table,
-                    recalibration=asdict(fit.recalibration) if fit else None,
+                    recalibration=asdict(recal) if recal else None,
                     recalibration_fit=fit.summary() if fit else None, chosen_by=chosen_by, reason=reason)
 
 

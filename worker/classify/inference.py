@@ -158,6 +158,10 @@ class Classifier:
         """Which calibration the probabilities use, for the report."""
         if self.recalibration is not None:
             return self.recalibration.note(self.version)
+        site = self.metadata.metrics.get("site")  # a site version that kept the model's probabilities
+        if isinstance(site, dict) and "counts" in site and "created_at" in site:
+            return (f"{self.version}, thresholds calibrated on {site['counts'].get('used')} confirmed cases of "
+                    f"this site ({str(site['created_at'])[:10]}); probabilities as trained")
         return f"{self.version}, as trained (temperature fitted on its validation split)"
 
     def probabilities(self, rgb: np.ndarray) -> dict[str, float]:
