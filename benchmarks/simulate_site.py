@@ -13,7 +13,9 @@ in a throw-away home. The lesions are split in two halves (by lesion, so no lesi
 0. ``--baseline`` images of the test split of all three sources, *as recorded*: the same
    mix of sources and cameras as the validation images, so the shift monitor should be quiet;
 1. half A re-coloured: a clinic with its own camera and its own case mix (HAM10000 alone has
-   fewer melanomas and easier nevi than the pooled validation split). The monitor warns;
+   fewer melanomas and easier nevi than the pooled validation split; ``--blur R``: soft
+   optics as well, which shifts the melanoma probability more than the colours do). The
+   monitor warns;
    the confirmed diagnoses of half A come back (``truth.add_label``, histopathology): every
    lesion of the half, so that the confirmed cases have the traffic's case mix (recalibrated
    on excised lesions only, the percentages would fit the excised population instead);
@@ -72,10 +74,16 @@ from worker.training.manifest import HAM_DX_TO_CLASS as HAM_DX  # noqa: E402
 GAINS = (0.86, 0.97, 1.22)
 GAMMA = 1.3
 VIGNETTE = 0.55
+#: ``--blur``: Gaussian blur radius in pixels of the 224-px images (soft optics); 0: sharp.
+BLUR = {"radius": 0.0}
 
 
 def recolour(rgb: np.ndarray) -> np.ndarray:
     """``rgb`` as another dermatoscope would record it."""
+    if BLUR["radius"] > 0:
+        from PIL import ImageFilter
+
+        rgb = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(BLUR["radius"])))
     h, w = rgb.shape[:2]
     x = (rgb.astype(np.float32) / 255.0) ** GAMMA * np.array(GAINS, np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -147,6 +155,7 @@ def held_out(rt, store: ModelStore, jobs: list[tuple[str, dict]], base: str, sit
     from sqlalchemy import select
 
     from schemas import CLASS_NAMES, MELANOMA_INDEX
+    from worker.calibration.recalibrate import log_loss
     from worker.db.models import Image, Job
     from worker.training.metrics import expected_calibration_error
 
@@ -168,7 +177,8 @@ def held_out(rt, store: ModelStore, jobs: list[tuple[str, dict]], base: str, sit
         t = store.metadata(version).thresholds.urgent_melanoma
         ece = expected_calibration_error(probs, labels[keep])
         sens, spec = interval_at(yk, probs[:, MELANOMA_INDEX], t)
-        print(f"   {name} ({version}): top-label ECE {ece:.3f}; mean melanoma probability "
+        print(f"   {name} ({version}): top-label ECE {ece:.3f}; melanoma log loss "
+              f"{log_loss(probs[:, MELANOMA_INDEX], yk):.4f}, mean melanoma probability "
               f"{probs[:, MELANOMA_INDEX].mean():.3f} for a melanoma share of {yk.mean():.3f}; urgent threshold "
               f"{t:.4f}: sensitivity {sens.text()}, specificity {spec.text()} "
               f"({int(yk.sum())} melanomas, {int((~yk).sum())} others)")
@@ -219,12 +229,14 @@ def main() -> None:
     ap.add_argument("--limit-a", type=int, default=None, help="images of half A (default: all)")
     ap.add_argument("--limit-b", type=int, default=None, help="images of half B (default: all)")
     ap.add_argument("--sensitivity", type=float, default=0.95, help="the operating point the site chooses")
+    ap.add_argument("--blur", type=float, default=0.0, help="soft optics: Gaussian blur radius (px)")
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="   log %(levelname)s %(name)s: %(message)s")
     logging.getLogger("worker.jobs.pipeline").setLevel(logging.WARNING)
 
+    BLUR["radius"] = args.blur
     home = args.home or Path(tempfile.mkdtemp(prefix="site-sim-"))
     settings = Settings(home=home)
     from worker.process.home import prepare
@@ -238,7 +250,7 @@ def main() -> None:
     print(f"home {home}; model {base}; HAM10000 test split: {len(cases)} images "
           f"-> half A {len(a)} ({sum(c['diagnosis'] == MELANOMA for c in a)} melanomas), "
           f"half B {len(b)} ({sum(c['diagnosis'] == MELANOMA for c in b)} melanomas)")
-    print(f"camera: gains {GAINS}, gamma {GAMMA}, vignette {VIGNETTE}, JPEG 85")
+    print(f"camera: gains {GAINS}, gamma {GAMMA}, vignette {VIGNETTE}, blur {args.blur} px, JPEG 85")
     rt = build_runtime(settings, send=lambda job_id: None)
     try:
         if args.baseline:

@@ -76,18 +76,7 @@ def calibrate(
         if as_json:
             emit_json({"proposed": False, "reason": str(exc), "counts": cases.counts})
         fail(str(exc))
-    added = None
-    if proposal.passed and not dry_run:
-        from worker.monitor.shift import traffic_reference
-
-        command = "melanoma-triage calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        engine = make_engine(settings.database_url)
-        try:
-            reference = traffic_reference(make_session_factory(engine), site.raw_versions(store, base),
-                                          "(this site)", proposal.thresholds)
-        finally:
-            engine.dispose()
-        added = site.write_version(store, proposal, command.strip(), settings.home / "calibration", reference)
+    added = _add_version(settings, store, proposal) if proposal.passed and not dry_run else None
     if as_json:
         emit_json({"proposed": proposal.passed, "added_version": added, **proposal.as_dict()})
     else:
@@ -100,6 +89,23 @@ def calibrate(
             typer.echo("dry run: no version added")
     if not proposal.passed:
         raise typer.Exit(int(ExitCode.FAILED))
+
+
+def _add_version(settings, store, proposal) -> str:
+    """The passing proposal as a store version, with the site's recent traffic as its shift
+    reference; returns its name."""
+    from worker.calibration import site
+    from worker.db.engine import make_engine, make_session_factory
+    from worker.monitor.shift import traffic_reference
+
+    command = "melanoma-triage calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    engine = make_engine(settings.database_url)
+    try:
+        reference = traffic_reference(make_session_factory(engine), site.raw_versions(store, proposal.base_version),
+                                      "(this site)", proposal.thresholds)
+    finally:
+        engine.dispose()
+    return site.write_version(store, proposal, command.strip(), settings.home / "calibration", reference)
 
 
 def register(app: typer.Typer) -> None:
