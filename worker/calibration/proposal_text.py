@@ -110,6 +110,10 @@ def version_notes(base: ModelMetadata, p: Proposal) -> str:
             f"{u.expected_specificity:.3f} (out of bag); same weights and temperature, {recal}")
 
 
+def _sentence(line: str) -> str:
+    return line[:1].upper() + line[1:] + "."
+
+
 def model_card(version: str, base_card: str | None, p: Proposal) -> str:
     u, b = p.urgent, p.base_urgent
     lines = [
@@ -131,9 +135,9 @@ def model_card(version: str, base_card: str | None, p: Proposal) -> str:
         "",
         "## Probabilities",
         "",
-        recalibration_line(p) + ".",
+        _sentence(recalibration_line(p)),
         "",
-        _ece_line(p) + ".",
+        _sentence(_ece_line(p)),
         "",
         "## Thresholds",
         "",
