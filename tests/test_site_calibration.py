@@ -102,7 +102,8 @@ def test_unusable_and_unlabelled_cases_are_left_out(sessions, settings, store_wi
     with sessions() as s:
         cases = site.gather_cases(s, store, version)
     assert cases.counts == {"confirmed": 12, "scored": 11, "rescored": 0, "unscored": 1, "unusable": 1,
-                            "used": 10}
+                            "used": 10, "traffic": 11}
+    assert cases.image_sha256 == sorted(cases.image_sha256)  # content order: reproducible bootstraps
     with sessions() as s:
         rescored = site.gather_cases(s, store, version,
                                      rescore=lambda paths: {p: np.eye(9)[4] for p in paths})
@@ -268,9 +269,13 @@ def test_a_miscalibrated_base_passes_after_recalibration_and_not_with_thresholds
 def test_the_operating_point_table(sessions, settings, store_with_tiny_model) -> None:
     store = store_with_tiny_model
     base = _calibrated_site(sessions, settings, store)
+    # Traffic nobody confirmed (mostly benign-looking): counted in the share of all lesions.
+    sitegen.add_site(sessions, settings.archive_dir, base, store.metadata(base).thresholds, 5, 95, seed=9,
+                     labelled=False)
     with sessions() as s:
-        proposal = site.propose(site.gather_cases(s, store, base), store.metadata(base),
-                                site.SitePolicy(n_boot=300, required_sensitivity=0.92))
+        cases = site.gather_cases(s, store, base)
+    assert cases.counts["traffic"] == 340 and cases.traffic.size == 340
+    proposal = site.propose(cases, store.metadata(base), site.SitePolicy(n_boot=300, required_sensitivity=0.92))
     rows = proposal.table
     assert [r.required_sensitivity for r in rows] == [0.90, 0.92, 0.93, 0.95, 0.97]  # the asked-for one added
     assert proposal.urgent is rows[1] and proposal.thresholds.urgent_melanoma == rows[1].threshold
@@ -285,9 +290,11 @@ def test_the_operating_point_table(sessions, settings, store_with_tiny_model) ->
         y = proposal.counts["melanoma"] / proposal.counts["used"]
         expected = y * r.expected_sensitivity + (1 - y) * (1 - r.expected_specificity)
         assert r.oob_flagged.value == pytest.approx(expected, abs=0.02)
+        assert r.traffic_flagged.value == pytest.approx(float((cases.traffic >= r.threshold).mean()))
+        assert r.traffic_flagged.value < r.oob_flagged.value  # the unconfirmed traffic is mostly benign
     lines = table_lines(rows, 0.92)
     assert lines[0].split() == ["sensitivity", "wanted", "threshold", "sensitivity", "specificity", "share",
-                                "flagged", "urgent"]
+                                "flagged", "urgent", "share", "of", "recent", "traffic", "flagged"]
     assert lines[2].endswith("<- chosen") and lines[2].startswith("0.92")
     text = "\n".join(format_proposal(proposal))
     assert text.index("0.97") < text.index("urgent threshold:")  # the trade-off before the choice

@@ -21,13 +21,16 @@ def _iv(x: Interval | dict | None) -> str:
 def table_lines(rows: list[OperatingPoint], chosen: float | None = None, markdown: bool = False) -> list[str]:
     """The operating points on the site's cases: what to expect on new cases (out of bag,
     95 % intervals) for each required sensitivity."""
-    head = ["sensitivity wanted", "threshold", "sensitivity", "specificity", "share flagged urgent"]
+    traffic = any(r.traffic_flagged is not None for r in rows)
+    head = ["sensitivity wanted", "threshold", "sensitivity", "specificity", "share flagged urgent",
+            *(["share of recent traffic flagged"] if traffic else [])]
     body = []
     for r in rows:
         mark = " <- chosen" if chosen is not None and r.required_sensitivity == chosen else ""
         note = "" if r.reached else " (not reached)"
         body.append([f"{r.required_sensitivity:.2f}{note}", f"{r.threshold:.4f}", _iv(r.oob_sensitivity),
-                     _iv(r.oob_specificity), _iv(r.oob_flagged) + mark])
+                     _iv(r.oob_specificity), _iv(r.oob_flagged), *([_iv(r.traffic_flagged)] if traffic else [])])
+        body[-1][-1] += mark
     if markdown:
         return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                 + ["| " + " | ".join(b) + " |" for b in body])
@@ -66,7 +69,7 @@ def format_proposal(p: Proposal) -> list[str]:
         _ece_line(p),
         "",
         "operating points on the site's cases (out of bag, 95 % intervals; thresholds on the site version's "
-        "probabilities):",
+        f"probabilities; traffic: the latest {c.get('traffic', 0)} usable images reported):",
         *("  " + line for line in table_lines(p.table, u.required_sensitivity)),
         "",
         f"urgent threshold: {b['threshold']:.4f} (base) -> {u.threshold:.4f} (site, sensitivity "

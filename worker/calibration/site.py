@@ -15,7 +15,7 @@ chosen with the trade-off in view, the same promotion gate, a new model version.
 4. **Operating points** (``worker.calibration.thresholds``), on the recalibrated
    probabilities: for sensitivity 0.90, 0.93, 0.95 and 0.97 (and the one asked for) the
    threshold, the specificity and the share of lesions flagged urgent, out of bag with
-   intervals. ``required_sensitivity`` picks one; who chose it and why goes on the model
+   intervals (and the share of the site's recent traffic, confirmed or not, flagged). ``required_sensitivity`` picks one; who chose it and why goes on the model
    card. The soon threshold the same way (target 0.90, as in training) when there are
    ``min_keratinocyte`` (30) BCC/SCC/actinic keratoses, else the base's. ``min_confidence``
    and the class call stay the base's.
@@ -51,10 +51,12 @@ from sqlalchemy.orm import Session
 
 from schemas import CLASS_NAMES, MELANOMA, MELANOMA_INDEX, SOON_CLASSES, ModelMetadata, TriageThresholds
 from worker.calibration.recalibrate import RecalibrationFit, recalibrate
-from worker.calibration.thresholds import TABLE_SENSITIVITIES, OperatingPoint, interval_at, operating_table
+from worker.calibration.thresholds import (TABLE_SENSITIVITIES, OperatingPoint, interval_at, operating_table,
+                                           wilson)
 from worker.classify.recalibration import RECALIBRATION_FILE, Recalibration, load_recalibration
 from worker.db.models import Image, Job, Prediction
 from worker.errors import TriageError
+from worker.monitor.shift import live_window
 from worker.store.versions import METADATA_FILE, ModelStore
 
 PROPOSAL_FILE = "site_calibration.json"
@@ -62,6 +64,10 @@ PROPOSAL_FILE = "site_calibration.json"
 #: the provenance in ``model.json`` ``metrics``.
 SITE_KIND = "site"
 SOON_SENSITIVITY = 0.90
+#: The site's latest reported images the share of all lesions flagged is estimated on, and
+#: the fewest that are worth it.
+TRAFFIC_IMAGES = 1000
+MIN_TRAFFIC = 50
 
 
 class CalibrationRefused(TriageError):
@@ -91,6 +97,9 @@ class SiteCases:
     diagnoses: list[str]
     probs: np.ndarray  # (n, 9), softmax(logits / T), CLASS_NAMES order
     counts: dict = field(default_factory=dict)
+    #: Melanoma probabilities (the weights' own) of the site's latest usable reported images,
+    #: confirmed or not: what the share of *all* lesions flagged is estimated on.
+    traffic: np.ndarray | None = None
 
     @property
     def melanoma(self) -> np.ndarray:
@@ -158,12 +167,16 @@ def gather_cases(session: Session, store: ModelStore, base: str,
             if images[i][1] in scored:
                 latest[i] = (scored[images[i][1]], True)
                 rescored += 1
-    keep = sorted(i for i, (_, usable) in latest.items() if usable)
+    # In content order, so that the same cases give the same bootstrap draws (image ids are random).
+    keep = sorted((i for i, (_, usable) in latest.items() if usable), key=lambda i: (images[i][0] or "", i))
     counts = {"confirmed": len(truth), "scored": len(latest), "rescored": rescored,
               "unscored": len(truth) - len(latest),
               "unusable": sum(not usable for _, usable in latest.values()), "used": len(keep)}
+    traffic = np.array([r.melanoma for r in live_window(session, versions, TRAFFIC_IMAGES) if r.usable])
+    counts["traffic"] = int(traffic.size)
     return SiteCases(image_sha256=[images[i][0] or "" for i in keep], diagnoses=[truth[i][0] for i in keep],
-                     probs=np.array([latest[i][0] for i in keep]).reshape(-1, len(CLASS_NAMES)), counts=counts)
+                     probs=np.array([latest[i][0] for i in keep]).reshape(-1, len(CLASS_NAMES)), counts=counts,
+                     traffic=traffic if traffic.size >= MIN_TRAFFIC else None)
 
 
 @dataclass
@@ -220,10 +233,16 @@ def _gate(cases: SiteCases, base: ModelMetadata, thresholds: TriageThresholds, u
                                    else "challenger probabilities: the base's (threshold-only version)")}
 
 
-def _operating_points(y: np.ndarray, scores: np.ndarray, policy: SitePolicy) -> tuple[list, OperatingPoint]:
-    """The table, and the row of the required sensitivity (added when not in the table)."""
+def _operating_points(y: np.ndarray, scores: np.ndarray, policy: SitePolicy,
+                      traffic: np.ndarray | None) -> tuple[list, OperatingPoint]:
+    """The table, and the row of the required sensitivity (added when not in the table);
+    with ``traffic`` (the site version's melanoma probabilities of recent images), the share
+    of it each threshold flags."""
     wanted = tuple(sorted(set(policy.table_sensitivities) | {policy.required_sensitivity}))
     rows = operating_table(y, scores, wanted, policy.n_boot, policy.confidence, policy.seed)
+    if traffic is not None:
+        rows = [replace(r, traffic_flagged=wilson(float((traffic >= r.threshold).mean()), traffic.size,
+                                                  policy.confidence)) for r in rows]
     chosen = next(r for r in rows if r.required_sensitivity == policy.required_sensitivity)
     return rows, chosen
 
@@ -247,7 +266,9 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
         fit = recalibrate(cases.probs, y, policy.n_boot, policy.seed, fitted_on=f"{now:%Y-%m-%d}")
         if fit.recalibration is not None:
             probs, oob_probs = fit.recalibration.apply(cases.probs), fit.oob_probs
-    table, urgent = _operating_points(y, probs[:, MELANOMA_INDEX], policy)
+    recal = fit.recalibration if fit else None
+    traffic = None if cases.traffic is None else recal.melanoma(cases.traffic) if recal else cases.traffic
+    table, urgent = _operating_points(y, probs[:, MELANOMA_INDEX], policy, traffic)
     soon_idx = [CLASS_NAMES.index(c) for c in SOON_CLASSES]
     y_soon = np.isin(cases.diagnoses, list(SOON_CLASSES))
     soon = None
@@ -272,7 +293,6 @@ def propose(cases: SiteCases, base: ModelMetadata, policy: SitePolicy = SitePoli
     default_sensitivity = gate_policy.min_sensitivity
     gate_policy = replace(gate_policy, min_positives=policy.min_melanoma, min_negatives=policy.min_benign,
                           min_sensitivity=policy.required_sensitivity)
-    recal = fit.recalibration if fit else None
     gate = _gate(cases, base, thresholds, urgent, oob_probs, recal is not None, gate_policy)
     gate["default_min_sensitivity"] = default_sensitivity
     return Proposal(base_version=base.version, thresholds=thresholds, urgent=urgent, soon=soon,

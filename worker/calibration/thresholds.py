@@ -86,6 +86,9 @@ class OperatingPoint:
     oob_sensitivity: Interval | None = None
     oob_specificity: Interval | None = None
     oob_flagged: Interval | None = None
+    #: The share of the site's recent traffic (confirmed or not) at or above the threshold,
+    #: with its Wilson interval: the confirmed cases are often richer in melanoma.
+    traffic_flagged: Interval | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
