@@ -95,6 +95,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             predicted_class=result.predicted_class,
             timezone=settings.timezone,
             referral_wording=referral_wording(result.triage, settings.referral_wording),
+            calibration_note=classifier.calibration_note,
         ),
         pending,
         private=True,  # fsynced there; place_report renames it into place durably
