@@ -189,6 +189,7 @@ def db_upgrade(home: HomeOption = None,
 
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.calibration.adapt_cli import register as register_adapt
     from worker.calibration.cli import register as register_calibration
     from worker.doors.cli import register as register_doors
     from worker.monitor.cli import register as register_monitor
@@ -202,6 +203,7 @@ def _register_command_groups() -> None:
     app.add_typer(deliveries_app, name="deliveries")  # deliveries list|resend
     register_monitor(app)  # monitor reference|shift
     register_calibration(app)  # calibrate
+    register_adapt(app)  # adapt
 
 
 _register_command_groups()

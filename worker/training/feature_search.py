@@ -172,8 +172,12 @@ def load_features(out: Path) -> np.ndarray:
     """(views, n, d) from ``out/features`` (the chunks ``features.extract`` wrote)."""
     feat_dir = Path(out) / "features"
     views = sorted({p.name.split("-")[0] for p in feat_dir.glob("view*-chunk*.npy") if ".tmp" not in p.name})
-    return np.stack([np.concatenate([np.load(p) for p in sorted(feat_dir.glob(f"{v}-chunk*.npy"))
-                                     if ".tmp" not in p.name]) for v in views])
+    per_view = [np.concatenate([np.load(p) for p in sorted(feat_dir.glob(f"{v}-chunk*.npy"))
+                                if ".tmp" not in p.name]) for v in views]
+    if not per_view:
+        raise FileNotFoundError(f"no features in {feat_dir}")
+    n = len(per_view[0])
+    return np.stack([v for v in per_view if len(v) == n])  # a view still being extracted is left out
 
 
 def run_search(out: Path, recipes: list[HeadRecipe], seeds: list[int], threads: int, rows: pd.DataFrame,
