@@ -123,6 +123,10 @@ def train_head(features: np.ndarray, masks: np.ndarray, recipe: HeadRecipe, seed
     rng = np.random.default_rng(seed)
     n_views = max(1, min(recipe.views, features.shape[0]))
     rows = np.arange(features.shape[1])
+    if n_views == 1:  # one view: one fit call (much less per-epoch overhead)
+        head.fit(features[0].astype(np.float32), masks, sample_weight=weights, batch_size=recipe.batch_size,
+                 epochs=recipe.epochs, shuffle=True, verbose=0)
+        return head
     for _ in range(recipe.epochs):
         x = features[rng.integers(0, n_views, len(rows)), rows].astype(np.float32)
         head.fit(x, masks, sample_weight=weights, batch_size=recipe.batch_size, epochs=1,
