@@ -2,6 +2,10 @@
 source it never saw: its leave-one-source-out fold for free).
 
     python benchmarks/eval_version_on_source.py --out runs/feat --source derm7pt [--version V]
+    python benchmarks/eval_version_on_source.py --out runs/feat --source test-split
+
+``--source test-split``: the version's own ``split.csv`` test rows (its own-split test set, scored
+with today's labels: ISIC 2017 rows now carry their three-class diagnosis).
 
 Uses the resolved rows and decoded-image cache of ``benchmarks/loso_features.py extract``.
 Prints and writes ``<out>/version-<source>.json``: melanoma AUC (95 % bootstrap interval),
@@ -49,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = store.metadata(version)
     rows = load_rows(args.out)
     images = np.load(args.cache_dir / f"images-{dataset.cache_key(rows, meta.input_size)}.npy", mmap_mode="r")
-    idx = np.flatnonzero(rows["source"].to_numpy() == args.source)
+    if args.source == "test-split":
+        import pandas as pd
+
+        split = pd.read_csv(store.version_dir(version) / "split.csv", dtype=str)
+        idx = np.flatnonzero(rows["sha256"].isin(set(split.loc[split["subset"] == "test", "sha256"])).to_numpy())
+    else:
+        idx = np.flatnonzero(rows["source"].to_numpy() == args.source)
     model = keras.saving.load_model(store.version_dir(version) / MODEL_FILE, compile=False)
     probs = predict_probabilities(model, np.asarray(images[idx]), meta.temperature)
     sub = rows.iloc[idx].reset_index(drop=True)

@@ -40,6 +40,7 @@ RECIPES = {
     "linear-3views": HeadRecipe("linear-3views", views=3),
     "linear-melanoma-only-2017": HeadRecipe("linear-melanoma-only-2017", three_class=False),
     "linear-balanced": HeadRecipe("linear-balanced", weight_power=1.0),
+    "mlp256": HeadRecipe("mlp256", hidden=256, dropout=0.4),
     "mlp256-3views": HeadRecipe("mlp256-3views", hidden=256, dropout=0.4, views=3),
 }
 

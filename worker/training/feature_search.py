@@ -189,6 +189,9 @@ def run_search(out: Path, recipes: list[HeadRecipe], seeds: list[int], threads: 
     if feats.shape[1] != len(rows):
         raise ValueError(f"{feats.shape[1]} feature rows for {len(rows)} images: extraction unfinished")
     folds = folds or sorted(set(rows["source"]))
+    short = [r.name for r in recipes if r.views > feats.shape[0]]
+    if short:
+        raise ValueError(f"recipes {short} need more views than the {feats.shape[0]} extracted")
     results = []
     for recipe in recipes:
         for fold in [*folds, OWN]:

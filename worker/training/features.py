@@ -83,13 +83,13 @@ class HeadRecipe:
     name: str
     hidden: int = 0  # 0: the logits layer alone; >0: one ReLU layer of this width first
     dropout: float = 0.3
-    epochs: int = 30
-    lr: float = 1e-3
+    epochs: int = 20
+    lr: float = 3e-3
     l2: float = 1e-4
     weight_power: float = 0.5  # sample weights: inverse class frequency to this power
     views: int = 1  # how many cached views training draws from (1: the plain view only)
     three_class: bool = True  # ISIC 2017 rows keep their three-class labels (False: melanoma only)
-    batch_size: int = 128
+    batch_size: int = 512
 
     def as_dict(self) -> dict:
         return asdict(self)
