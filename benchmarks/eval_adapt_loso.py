@@ -15,7 +15,8 @@ and the cached ImageNet features). The model of each fold:
   sources' test subset.
 
 The held-out source is split in two halves by lesion (seeded); at most ``--cap`` images of each
-half are used (HAM10000 has 6,000). Variants: threshold shift only, AdaBN only, both. Written to
+half are used (HAM10000 has 6,000). Variants: threshold shift only, plain AdaBN (site statistics), aligned AdaBN, aligned AdaBN and the
+threshold shift. Written to
 ``<out>/adapt/<fold>.json`` (resumable per fold) and ``<out>/adapt.md``.
 """
 
@@ -36,8 +37,10 @@ import pandas as pd  # noqa: E402
 
 from schemas import MELANOMA_INDEX  # noqa: E402
 
-VARIANTS = {"threshold": dict(bn=False, threshold=True), "adabn": dict(bn=True, threshold=False),
-            "adabn+threshold": dict(bn=True, threshold=True)}
+VARIANTS = {"threshold": dict(bn=False, threshold=True),
+            "adabn-site": dict(bn=True, bn_mode="site", threshold=False),
+            "adabn-aligned": dict(bn=True, bn_mode="aligned", threshold=False),
+            "adabn-aligned+threshold": dict(bn=True, bn_mode="aligned", threshold=True)}
 
 
 def _say(msg: str) -> None:

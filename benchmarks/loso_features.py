@@ -41,6 +41,10 @@ RECIPES = {
     "linear-melanoma-only-2017": HeadRecipe("linear-melanoma-only-2017", three_class=False),
     "linear-balanced": HeadRecipe("linear-balanced", weight_power=1.0),
     "mlp256": HeadRecipe("mlp256", hidden=256, dropout=0.4),
+    "linear-unweighted": HeadRecipe("linear-unweighted", weight_power=0.0),
+    "linear-l2-1e-3": HeadRecipe("linear-l2-1e-3", l2=1e-3),
+    "linear-60-epochs": HeadRecipe("linear-60-epochs", epochs=60, lr=1e-3),
+    "linear-no-dropout": HeadRecipe("linear-no-dropout", dropout=0.0),
     "mlp256-3views": HeadRecipe("mlp256-3views", hidden=256, dropout=0.4, views=3),
 }
 

@@ -88,6 +88,37 @@ def test_adabn_reaches_nested_models():
     assert inner.trainable is False
 
 
+def _bn_outputs(model, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.Model(model.inputs, model.get_layer("bn").output)(x.astype(np.float32), training=False))
+
+
+def test_aligned_batchnorm_maps_site_activations_onto_the_source():
+    model = bn_model()
+    source = locked().images
+    site = images(64, 220, 50, seed=8)  # another camera: redder, less blue
+    want = _bn_outputs(model, source)
+    assert abs(_bn_outputs(model, site).mean(axis=0) - want.mean(axis=0)).max() > 0.5
+    assert adapt.adapt_batchnorm_aligned(model, site, source) == 1
+    got = _bn_outputs(model, site)
+    np.testing.assert_allclose(got.mean(axis=0), want.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(got.std(axis=0), want.std(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(_bn_outputs(bn_model(), source), want)  # a fresh model is untouched
+
+
+def test_aligned_batchnorm_reaches_nested_models():
+    import keras
+
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="inner_bn")], name="inner")
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, inner(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))))
+    source, site = images(40, 100, 100, seed=9), images(40, 180, 60, seed=10)
+    want = np.asarray(model(source.astype(np.float32))).mean(axis=0)
+    adapt.adapt_batchnorm_aligned(model, site, source)
+    np.testing.assert_allclose(np.asarray(model(site.astype(np.float32))).mean(axis=0), want, atol=1e-3)
+
+
 def test_threshold_follows_the_shift_but_the_locked_guard_caps_it():
     lock = locked()
     brighter = images(80, 230, 40, seed=5)  # a site whose images all look red: a large upward shift
@@ -201,7 +232,7 @@ def test_adapt_threshold_only_keeps_the_weights_and_dry_run_adds_nothing(adapt_h
 
     settings, store, base, data, site = adapt_home
     runner = CliRunner()
-    dry = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--dry-run", "--home",
+    dry = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--dry-run", "--bn-mode", "site", "--home",
                               str(settings.home)])
     assert dry.exit_code == 0, dry.output
     assert "dry run: no version added" in dry.stdout

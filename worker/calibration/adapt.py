@@ -46,6 +46,7 @@ ADAPTATION_FILE = "adaptation.json"
 #: The base's LiteRT export and its record: not inherited when the weights change.
 SERVING_FILES = frozenset({"model.tflite", "serving.json"})
 _EPS = 1e-12
+BN_MODES = ("aligned", "site")
 
 
 class AdaptRefused(TriageError):
@@ -55,6 +56,9 @@ class AdaptRefused(TriageError):
 @dataclass(frozen=True)
 class AdaptPolicy:
     bn: bool = True
+    #: ``aligned``: site activations mapped onto the locked set's (:func:`adapt_batchnorm_aligned`);
+    #: ``site``: plain AdaBN, the site's statistics replace the stored ones.
+    bn_mode: str = "aligned"
     threshold: bool = True
     min_images: int = 50
     required_sensitivity: float = 0.95
@@ -109,6 +113,69 @@ def adapt_batchnorm(model, images: np.ndarray, batch_size: int = 32) -> int:
     finally:
         for layer, (momentum, trainable) in zip(layers, saved):
             layer.momentum, layer.trainable = momentum, trainable
+    return len(layers)
+
+
+def _bn_input_moments(model, images: np.ndarray, batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mean, variance) per channel of every BatchNorm layer's input over ``images`` in
+    inference mode, in :func:`batchnorm_layers` order (nested models included)."""
+    import keras
+
+    def collect(net, x_batches) -> list[list]:
+        bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        nested = [layer for layer in net.layers if not isinstance(layer, keras.layers.BatchNormalization)
+                  and hasattr(layer, "layers") and batchnorm_layers(layer)]
+        # a nested model's input in *this* graph: the tensor of the call that placed it here
+        probe = keras.Model(net.inputs, [layer.input for layer in bns]
+                            + [n._inbound_nodes[-1].input_tensors[0] for n in nested])
+        sums: list[list] = [[0.0, 0.0, 0] for _ in bns]
+        nested_inputs: list[list] = [[] for _ in nested]
+        for batch in x_batches:
+            outs = probe(batch, training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            for k, out in enumerate(outs[:len(bns)]):
+                a = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
+                sums[k][0] += a.sum(axis=0)
+                sums[k][1] += np.square(a).sum(axis=0)
+                sums[k][2] += a.shape[0]
+            for k, out in enumerate(outs[len(bns):]):
+                nested_inputs[k].append(np.asarray(out))
+        found = {id(b): (s0 / n, s1 / n - np.square(s0 / n)) for b, (s0, s1, n) in zip(bns, sums)}
+        for n, parts in zip(nested, nested_inputs):
+            for layer, moments in zip(batchnorm_layers(n), collect(n, parts)):
+                found[id(layer)] = moments
+        return [found[id(layer)] for layer in batchnorm_layers(net) if id(layer) in found]
+
+    batches = [np.asarray(images[i:i + batch_size], dtype=np.float32) for i in range(0, len(images), batch_size)]
+    return collect(model, batches)
+
+
+def adapt_batchnorm_aligned(model, site: np.ndarray, source: np.ndarray, iterations: int = 2,
+                            batch_size: int = 32) -> int:
+    """Re-normalise every BatchNorm layer so that the site's activations are mapped onto the
+    source's: for a network whose BatchNorm statistics are not its training data's (the
+    trainer freezes BatchNorm at the ImageNet statistics), plain AdaBN replaces statistics the
+    later layers were trained against; this keeps them and removes only the site's shift.
+
+    Per channel, with the layer's moving mean ``m`` and variance ``v`` and its input's mean and
+    standard deviation on the source (``mu_s``, ``sd_s``, the original model) and on the site
+    (``mu_t``, ``sd_t``, the model adapted so far): the layer then computes on the site input
+    ``x`` what it computed on ``(x - mu_t) * sd_s / sd_t + mu_s``:
+    ``m' = mu_t - (mu_s - m) * sd_t / sd_s``, ``v' = (v + eps) * (sd_t / sd_s)^2 - eps``.
+    The site's statistics are measured again after each of ``iterations`` updates (the
+    upstream layers' change moves them). Returns how many layers were re-normalised."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    original = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in layers]
+    src = _bn_input_moments(model, source, batch_size)
+    for _ in range(iterations):
+        tgt = _bn_input_moments(model, site, batch_size)
+        for layer, (m, v), (mu_s, var_s), (mu_t, var_t) in zip(layers, original, src, tgt):
+            ratio = np.sqrt(np.maximum(var_t, 1e-12) / np.maximum(var_s, 1e-12))
+            eps = float(layer.epsilon)
+            layer.moving_mean.assign((mu_t - (mu_s - m) * ratio).astype(np.float32))
+            layer.moving_variance.assign(np.maximum((v + eps) * ratio**2 - eps, 0.0).astype(np.float32))
     return len(layers)
 
 
@@ -173,7 +240,13 @@ def propose(model, meta: ModelMetadata, site_images: np.ndarray, locked: LockedS
     if int(np.sum(locked.melanoma)) == 0:
         raise AdaptRefused("the locked evaluation set has no melanoma: the sensitivity guard cannot be checked")
     base_locked = probabilities(model, locked.images, meta.temperature)[:, MELANOMA_INDEX]
-    n_bn = adapt_batchnorm(model, site_images, policy.batch_size) if policy.bn else 0
+    if policy.bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, not {policy.bn_mode!r}")
+    n_bn = 0
+    if policy.bn and policy.bn_mode == "site":
+        n_bn = adapt_batchnorm(model, site_images, policy.batch_size)
+    elif policy.bn:
+        n_bn = adapt_batchnorm_aligned(model, site_images, locked.images, batch_size=policy.batch_size)
     site_p = probabilities(model, site_images, meta.temperature)[:, MELANOMA_INDEX]
     locked_probs = probabilities(model, locked.images, meta.temperature) if n_bn else None
     locked_p = locked_probs[:, MELANOMA_INDEX] if locked_probs is not None else base_locked

@@ -100,6 +100,8 @@ def adapt(
     since: Annotated[Optional[datetime], typer.Option("--since", help="Or: this home's archive since (UTC)")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="Base version (default: current)")] = None,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Re-estimate BatchNorm statistics (AdaBN)")] = True,
+    bn_mode: Annotated[str, typer.Option("--bn-mode", help="aligned: map the site's activations onto the "
+                                         "locked set's; site: plain AdaBN (the site's statistics)")] = "aligned",
     threshold: Annotated[bool, typer.Option("--threshold/--no-threshold",
                                             help="Move the urgent threshold by the label-free shift")] = True,
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Training data (the locked set; "
@@ -145,7 +147,9 @@ def adapt(
         site, left_out = archive_images(settings, since, size)
     else:
         site, left_out = folder_images(images, size)
-    policy = adaptation.AdaptPolicy(bn=bn, threshold=threshold, min_images=min_images)
+    if bn_mode not in adaptation.BN_MODES:
+        fail(f"--bn-mode must be one of {', '.join(adaptation.BN_MODES)}")
+    policy = adaptation.AdaptPolicy(bn=bn, bn_mode=bn_mode, threshold=threshold, min_images=min_images)
     gate_policy = GatePolicy(min_sensitivity=settings.retrain_min_sensitivity, max_ece=settings.retrain_max_ece)
     model = keras.saving.load_model(store.version_dir(base) / MODEL_FILE, compile=False)
     try:

@@ -109,12 +109,16 @@ def own_indices(rows: pd.DataFrame, seed: int = 42) -> tuple[np.ndarray, np.ndar
 
 
 def run_one(feats: np.ndarray, rows: pd.DataFrame, recipe: HeadRecipe, seed: int, fold: str,
-            out_dir: Path) -> dict:
-    """One recipe, seed and fold (``OWN``: the own split); cached in ``out_dir``."""
+            out_dir: Path, indices: dict | None = None) -> dict:
+    """One recipe, seed and fold (``OWN``: the own split); cached in ``out_dir``. ``indices``:
+    a dict that memoises each fold's (train, test) row numbers across calls."""
     path = out_dir / f"{fold}-s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    tr, te = own_indices(rows) if fold == OWN else fold_indices(rows, fold)
+    indices = {} if indices is None else indices
+    if fold not in indices:
+        indices[fold] = own_indices(rows) if fold == OWN else fold_indices(rows, fold)
+    tr, te = indices[fold]
     masks = features.training_masks(rows.iloc[tr].reset_index(drop=True), recipe.three_class)
     head = features.train_head(feats[:, tr], masks, recipe, seed)
     probs = softmax(features.head_logits(head, feats[:, te]))
@@ -192,11 +196,11 @@ def run_search(out: Path, recipes: list[HeadRecipe], seeds: list[int], threads: 
     short = [r.name for r in recipes if r.views > feats.shape[0]]
     if short:
         raise ValueError(f"recipes {short} need more views than the {feats.shape[0]} extracted")
-    results = []
+    results, indices = [], {}
     for recipe in recipes:
         for fold in [*folds, OWN]:
             for seed in seeds:
-                r = run_one(feats, rows, recipe, seed, fold, out / "search" / recipe.name)
+                r = run_one(feats, rows, recipe, seed, fold, out / "search" / recipe.name, indices)
                 progress(f"{recipe.name} {fold} seed {seed}: AUC {r['melanoma_auc']:.3f}")
                 results.append(r)
     summary = summarise(results, folds)
