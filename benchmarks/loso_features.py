@@ -45,6 +45,10 @@ RECIPES = {
     "linear-l2-1e-3": HeadRecipe("linear-l2-1e-3", l2=1e-3),
     "linear-60-epochs": HeadRecipe("linear-60-epochs", epochs=60, lr=1e-3),
     "linear-no-dropout": HeadRecipe("linear-no-dropout", dropout=0.0),
+    "linear-weight-0.25": HeadRecipe("linear-weight-0.25", weight_power=0.25),
+    "linear-unweighted-melanoma-only-2017": HeadRecipe("linear-unweighted-melanoma-only-2017", weight_power=0.0,
+                                                       three_class=False),
+    "mlp256-unweighted": HeadRecipe("mlp256-unweighted", hidden=256, dropout=0.4, weight_power=0.0),
     "mlp256-3views": HeadRecipe("mlp256-3views", hidden=256, dropout=0.4, views=3),
 }
 

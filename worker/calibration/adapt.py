@@ -230,16 +230,19 @@ def site_digest(images: np.ndarray) -> str:
 
 
 def propose(model, meta: ModelMetadata, site_images: np.ndarray, locked: LockedSet,
-            policy: AdaptPolicy = AdaptPolicy(), gate_policy=None) -> AdaptProposal:
+            policy: AdaptPolicy = AdaptPolicy(), gate_policy=None,
+            base_locked: np.ndarray | None = None) -> AdaptProposal:
     """Adapt ``model`` (in place when ``policy.bn``) to ``site_images`` and choose the urgent
-    threshold under the locked-set guard; the proposal says what changed and the gate."""
+    threshold under the locked-set guard; the proposal says what changed and the gate.
+    ``base_locked``: P(melanoma) of the locked set under the unadapted model, when known."""
     from worker.retrain import gates
 
     if len(site_images) < policy.min_images:
         raise AdaptRefused(f"{len(site_images)} usable site images; adapt needs {policy.min_images}")
     if int(np.sum(locked.melanoma)) == 0:
         raise AdaptRefused("the locked evaluation set has no melanoma: the sensitivity guard cannot be checked")
-    base_locked = probabilities(model, locked.images, meta.temperature)[:, MELANOMA_INDEX]
+    if base_locked is None:
+        base_locked = probabilities(model, locked.images, meta.temperature)[:, MELANOMA_INDEX]
     if policy.bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, not {policy.bn_mode!r}")
     n_bn = 0
