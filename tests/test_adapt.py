@@ -204,7 +204,8 @@ def test_adapt_command_writes_a_version_that_promote_accepts(adapt_home):
 
     settings, store, base, data, site = adapt_home
     runner = CliRunner()
-    result = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--home", str(settings.home)])
+    result = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--bn", "--home",
+                                 str(settings.home)])
     assert result.exit_code == 0, (result.output, result.exception)
     added = result.stdout.strip().splitlines()[-1]
     assert added in store.list_versions() and added != base
@@ -232,13 +233,13 @@ def test_adapt_threshold_only_keeps_the_weights_and_dry_run_adds_nothing(adapt_h
 
     settings, store, base, data, site = adapt_home
     runner = CliRunner()
-    dry = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--dry-run", "--bn-mode", "site", "--home",
+    dry = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--dry-run", "--bn", "--bn-mode", "site", "--home",
                               str(settings.home)])
     assert dry.exit_code == 0, dry.output
     assert "dry run: no version added" in dry.stdout
     assert not [v for v in store.list_versions() if "-adapt-" in v]
-    result = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--no-bn", "--home",
-                                 str(settings.home)])
+    result = runner.invoke(app, ["adapt", "--images", str(site), "--data", str(data), "--home",
+                                 str(settings.home)])  # the default: the threshold alone
     assert result.exit_code == 0, result.output
     added = result.stdout.strip().splitlines()[-1]
     assert store.metadata(added).sha256 == store.metadata(base).sha256

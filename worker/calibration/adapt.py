@@ -3,7 +3,8 @@
 A new site has images long before it has confirmed diagnoses (``calibrate`` needs those).
 ``melanoma-triage adapt`` proposes a derived version from images alone:
 
-1. **BatchNorm statistics (AdaBN)** (``--bn``): the float model's BatchNorm moving means and
+1. **BatchNorm statistics (AdaBN)** (``--bn``, off by default: on the leave-one-source-out
+   folds it lowered the held-out AUC, README): the float model's BatchNorm moving means and
    variances are re-estimated on the site's images (every BatchNorm layer, inside the
    backbone too; the running average of per-batch statistics in a training-mode forward
    pass; no weight is trained). The LiteRT export is then made from the adapted model when
@@ -55,7 +56,7 @@ class AdaptRefused(TriageError):
 
 @dataclass(frozen=True)
 class AdaptPolicy:
-    bn: bool = True
+    bn: bool = False  # measured on the LOSO folds: re-estimated statistics lowered AUC
     #: ``aligned``: site activations mapped onto the locked set's (:func:`adapt_batchnorm_aligned`);
     #: ``site``: plain AdaBN, the site's statistics replace the stored ones.
     bn_mode: str = "aligned"
@@ -116,15 +117,20 @@ def adapt_batchnorm(model, images: np.ndarray, batch_size: int = 32) -> int:
     return len(layers)
 
 
-def _bn_input_moments(model, images: np.ndarray, batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+def _bn_input_moments(model, images: np.ndarray, batch_size: int = 32,
+                      only=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(mean, variance) per channel of every BatchNorm layer's input over ``images`` in
-    inference mode, in :func:`batchnorm_layers` order (nested models included)."""
+    inference mode, in :func:`batchnorm_layers` order (nested models included); ``only``: just
+    that layer's (a one-item list; the network runs only as far as it)."""
     import keras
 
+    def wanted(layer) -> bool:
+        return only is None or layer is only
+
     def collect(net, x_batches) -> list[list]:
-        bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization) and wanted(layer)]
         nested = [layer for layer in net.layers if not isinstance(layer, keras.layers.BatchNormalization)
-                  and hasattr(layer, "layers") and batchnorm_layers(layer)]
+                  and hasattr(layer, "layers") and any(wanted(b) for b in batchnorm_layers(layer))]
         # a nested model's input in *this* graph: the tensor of the call that placed it here
         probe = keras.Model(net.inputs, [layer.input for layer in bns]
                             + [n._inbound_nodes[-1].input_tensors[0] for n in nested])
@@ -150,8 +156,8 @@ def _bn_input_moments(model, images: np.ndarray, batch_size: int = 32) -> list[t
     return collect(model, batches)
 
 
-def adapt_batchnorm_aligned(model, site: np.ndarray, source: np.ndarray, iterations: int = 2,
-                            batch_size: int = 32) -> int:
+def adapt_batchnorm_aligned(model, site: np.ndarray, source: np.ndarray, batch_size: int = 32,
+                            max_images: int = 96) -> int:
     """Re-normalise every BatchNorm layer so that the site's activations are mapped onto the
     source's: for a network whose BatchNorm statistics are not its training data's (the
     trainer freezes BatchNorm at the ImageNet statistics), plain AdaBN replaces statistics the
@@ -159,23 +165,30 @@ def adapt_batchnorm_aligned(model, site: np.ndarray, source: np.ndarray, iterati
 
     Per channel, with the layer's moving mean ``m`` and variance ``v`` and its input's mean and
     standard deviation on the source (``mu_s``, ``sd_s``, the original model) and on the site
-    (``mu_t``, ``sd_t``, the model adapted so far): the layer then computes on the site input
-    ``x`` what it computed on ``(x - mu_t) * sd_s / sd_t + mu_s``:
-    ``m' = mu_t - (mu_s - m) * sd_t / sd_s``, ``v' = (v + eps) * (sd_t / sd_s)^2 - eps``.
-    The site's statistics are measured again after each of ``iterations`` updates (the
-    upstream layers' change moves them). Returns how many layers were re-normalised."""
+    (``mu_t``, ``sd_t``): the layer then computes on the site input ``x`` what it computed on
+    ``(x - mu_t) * sd_s / sd_t + mu_s``: ``m' = mu_t - (mu_s - m) * sd_t / sd_s``,
+    ``v' = (v + eps) * (sd_t / sd_s)^2 - eps``.
+
+    Layers are re-normalised one at a time in network order, each with the site's statistics
+    measured through the layers already re-normalised (correcting every layer from one pass of
+    the original network corrects the same shift again at every depth: measured, it wrecks the
+    model). That is one pass per layer, so at most ``max_images`` images of each set are used.
+    Returns how many layers were re-normalised."""
     layers = batchnorm_layers(model)
     if not layers:
         return 0
+    rng = np.random.default_rng(0)
+    site = np.asarray(site)[np.sort(rng.permutation(len(site))[:max_images])]
+    source = np.asarray(source)[np.sort(rng.permutation(len(source))[:max_images])]
     original = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in layers]
     src = _bn_input_moments(model, source, batch_size)
-    for _ in range(iterations):
-        tgt = _bn_input_moments(model, site, batch_size)
-        for layer, (m, v), (mu_s, var_s), (mu_t, var_t) in zip(layers, original, src, tgt):
-            ratio = np.sqrt(np.maximum(var_t, 1e-12) / np.maximum(var_s, 1e-12))
-            eps = float(layer.epsilon)
-            layer.moving_mean.assign((mu_t - (mu_s - m) * ratio).astype(np.float32))
-            layer.moving_variance.assign(np.maximum((v + eps) * ratio**2 - eps, 0.0).astype(np.float32))
+    for k, layer in enumerate(layers):
+        (mu_t, var_t), = _bn_input_moments(model, site, batch_size, only=layer)
+        (m, v), (mu_s, var_s) = original[k], src[k]
+        ratio = np.sqrt(np.maximum(var_t, 1e-12) / np.maximum(var_s, 1e-12))
+        eps = float(layer.epsilon)
+        layer.moving_mean.assign((mu_t - (mu_s - m) * ratio).astype(np.float32))
+        layer.moving_variance.assign(np.maximum((v + eps) * ratio**2 - eps, 0.0).astype(np.float32))
     return len(layers)
 
 
