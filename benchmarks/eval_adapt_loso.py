@@ -15,10 +15,11 @@ and the cached ImageNet features). The model of each fold:
   sources' test subset.
 
 The held-out source is split in two halves by lesion (seeded); at most ``--cap`` images of each
-half are used (HAM10000 has 6,000). Variants: the threshold shift alone on every fold; on the ``--bn-folds`` (default derm7pt) also
+half are used (HAM10000 has 6,000). Variants: the threshold shift alone on every fold (either way, and only downwards: ``adapt``'s
+default); on the ``--bn-folds`` (default derm7pt) also
 plain AdaBN (``site``) and aligned re-normalisation, each with the base threshold (under the
 guard) and with the shifted one. At most ``--locked-cap`` locked-set images are used (a random subset). Written to
-``<out>/adapt/<fold>.json`` (resumable per fold) and ``<out>/adapt.md``.
+``<out>/adapt/<fold>.json`` (resumable per fold) and ``<out>/adapt/adapt.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pandas as pd  # noqa: E402
 
 from schemas import MELANOMA_INDEX  # noqa: E402
 
-VARIANTS = ("threshold", "adabn-site", "adabn-site+threshold", "adabn-aligned", "adabn-aligned+threshold")
+VARIANTS = ("threshold", "threshold-down", "adabn-site", "adabn-site+threshold", "adabn-aligned", "adabn-aligned+threshold")
 
 
 def _say(msg: str) -> None:
@@ -128,14 +129,16 @@ def run_fold(fold: str, rows, images, feats, args) -> dict:
     base_locked = adapt.probabilities(model, locked.images, meta.temperature)[:, MELANOMA_INDEX]
     out = {"fold": fold, "model": meta.version, "n_adapt": len(a), "n_score": len(b), "n_score_melanoma": int(y_b.sum()),
            "n_locked": len(locked_idx), "before": at(y_b, p_b, meta.thresholds.urgent_melanoma)}
-    shifted = adapt.propose(model, meta, img_a, locked, adapt.AdaptPolicy(bn=False), base_locked=base_locked)
-    out["threshold"] = {**at(y_b, p_b, shifted.threshold), "shift_log_odds": shifted.shift_log_odds,
-                        "locked_ceiling": shifted.locked_ceiling, "locked_after": shifted.locked["after"]}
+    for name, direction in (("threshold", "both"), ("threshold-down", "down")):
+        shifted = adapt.propose(model, meta, img_a, locked, adapt.AdaptPolicy(bn=False, direction=direction),
+                                base_locked=base_locked)
+        out[name] = {**at(y_b, p_b, shifted.threshold), "shift_log_odds": shifted.shift_log_odds,
+                     "locked_ceiling": shifted.locked_ceiling, "locked_after": shifted.locked["after"]}
     if fold in args.bn_folds:
         weights = model.get_weights()
         for mode in ("site", "aligned"):
             model.set_weights(weights)
-            both = adapt.propose(model, meta, img_a, locked, adapt.AdaptPolicy(bn=True, bn_mode=mode),
+            both = adapt.propose(model, meta, img_a, locked, adapt.AdaptPolicy(bn=True, bn_mode=mode, direction="both"),
                                  base_locked=base_locked)
             p_after = adapt.probabilities(model, img_b, meta.temperature)[:, MELANOMA_INDEX]
             # one adaptation serves both variants: the base threshold (capped by the adapted
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--bn-folds", nargs="*", default=["derm7pt"],
                     help="folds where the BatchNorm variants are measured too (each costs minutes)")
+    ap.add_argument("--tag", default="", help="results under <out>/adapt-<tag>/ (default <out>/adapt/)")
     ap.add_argument("--locked-cap", type=int, default=700, help="at most this many locked-set images")
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     args = ap.parse_args(argv)
@@ -188,17 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows(args.out)
     images = np.load(args.cache_dir / f"images-{dataset.cache_key(rows, 224)}.npy", mmap_mode="r")
     feats = None
-    (args.out / "adapt").mkdir(exist_ok=True)
+    adapt_dir = args.out / ("adapt" if not args.tag else f"adapt-{args.tag}")
+    adapt_dir.mkdir(exist_ok=True)
     results = []
     for fold in args.folds:
-        path = args.out / "adapt" / f"{fold}.json"
+        path = adapt_dir / f"{fold}.json"
         if not path.is_file():
             if fold != "derm7pt" and feats is None:
                 feats = load_features(args.out)[:1]
             path.write_text(json.dumps(run_fold(fold, rows, images, feats, args), indent=1, default=float))
         results.append(json.loads(path.read_text()))
-    (args.out / "adapt.md").write_text(markdown(results))
-    _say(f"wrote {args.out / 'adapt.md'}")
+    (adapt_dir / "adapt.md").write_text(markdown(results))
+    _say(f"wrote {adapt_dir / 'adapt.md'}")
     return 0
 
 

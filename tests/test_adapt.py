@@ -122,12 +122,16 @@ def test_aligned_batchnorm_reaches_nested_models():
 def test_threshold_follows_the_shift_but_the_locked_guard_caps_it():
     lock = locked()
     brighter = images(80, 230, 40, seed=5)  # a site whose images all look red: a large upward shift
-    p = adapt.propose(bn_model(), meta(0.5), brighter, lock, adapt.AdaptPolicy(bn=False))
+    p = adapt.propose(bn_model(), meta(0.5), brighter, lock, adapt.AdaptPolicy(bn=False, direction="both"))
     assert p.shift_log_odds > 1
     assert p.shifted_threshold > p.locked_ceiling
     assert p.threshold == pytest.approx(p.locked_ceiling)
     assert p.locked["after"]["sensitivity"] >= 0.95
     assert p.passed, p.gate["reasons"]
+    down = adapt.propose(bn_model(), meta(0.5), brighter, lock, adapt.AdaptPolicy(bn=False))
+    assert down.shift_log_odds == pytest.approx(p.shift_log_odds)
+    assert down.shifted_threshold == pytest.approx(0.5)  # the default never raises it
+    assert down.threshold == pytest.approx(min(0.5, down.locked_ceiling))
 
 
 def test_no_shift_no_move_and_a_downward_shift_lowers_the_threshold():
@@ -243,7 +247,8 @@ def test_adapt_threshold_only_keeps_the_weights_and_dry_run_adds_nothing(adapt_h
     assert result.exit_code == 0, result.output
     added = result.stdout.strip().splitlines()[-1]
     assert store.metadata(added).sha256 == store.metadata(base).sha256
-    assert store.metadata(added).metrics["adapt"]["shift_log_odds"] > 0
+    prov = store.metadata(added).metrics["adapt"]
+    assert prov["shift_log_odds"] > 0 and prov["threshold"] <= prov["base_threshold"]  # down only
 
 
 def test_adapt_refuses_without_enough_images_or_a_source(adapt_home, tmp_path):

@@ -9,8 +9,9 @@ A new site has images long before it has confirmed diagnoses (``calibrate`` need
    backbone too; the running average of per-batch statistics in a training-mode forward
    pass; no weight is trained). The LiteRT export is then made from the adapted model when
    the version enters the store, as for any version.
-2. **Urgent threshold** (``--threshold``): moved on the log-odds scale by a label-free
-   estimate of the site's shift: the median melanoma log-odds of the site's images under the
+2. **Urgent threshold** (``--threshold``): moved on the log-odds scale (only downwards unless
+   ``--direction both``: measured, upward moves cost sensitivity) by a label-free estimate of
+   the site's shift: the median melanoma log-odds of the site's images under the
    (adapted) model minus the median of the locked evaluation set under the base model (both
    sets are mostly benign, so the medians follow the benign bulk, which is what the urgent
    threshold has to stay above or below).
@@ -48,6 +49,7 @@ ADAPTATION_FILE = "adaptation.json"
 SERVING_FILES = frozenset({"model.tflite", "serving.json"})
 _EPS = 1e-12
 BN_MODES = ("aligned", "site")
+DIRECTIONS = ("down", "both")
 
 
 class AdaptRefused(TriageError):
@@ -60,6 +62,9 @@ class AdaptPolicy:
     #: ``aligned``: site activations mapped onto the locked set's (:func:`adapt_batchnorm_aligned`);
     #: ``site``: plain AdaBN, the site's statistics replace the stored ones.
     bn_mode: str = "aligned"
+    #: ``down``: the label-free shift may only lower the urgent threshold (measured: an upward
+    #: shift lowered sensitivity at held-out sources); ``both``: either way.
+    direction: str = "down"
     threshold: bool = True
     min_images: int = 50
     required_sensitivity: float = 0.95
@@ -268,7 +273,10 @@ def propose(model, meta: ModelMetadata, site_images: np.ndarray, locked: LockedS
     locked_p = locked_probs[:, MELANOMA_INDEX] if locked_probs is not None else base_locked
     base_t = float(meta.thresholds.urgent_melanoma)
     shift = float(np.median(log_odds(site_p)) - np.median(log_odds(base_locked))) if policy.threshold else None
-    shifted = sigmoid(float(log_odds(np.array([base_t]))[0]) + shift) if shift is not None else base_t
+    if policy.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {policy.direction!r}")
+    moved = shift if shift is None or policy.direction == "both" else min(shift, 0.0)
+    shifted = sigmoid(float(log_odds(np.array([base_t]))[0]) + moved) if moved is not None else base_t
     ceiling = needed_threshold(locked.melanoma, locked_p, policy.required_sensitivity)
     threshold = min(shifted, ceiling) if ceiling is not None else shifted
     y = np.asarray(locked.melanoma).astype(int)

@@ -105,6 +105,8 @@ def adapt(
                                          "locked set's; site: plain AdaBN (the site's statistics)")] = "aligned",
     threshold: Annotated[bool, typer.Option("--threshold/--no-threshold",
                                             help="Move the urgent threshold by the label-free shift")] = True,
+    direction: Annotated[str, typer.Option("--direction", help="down: the shift may only lower the urgent "
+                                           "threshold; both: either way")] = "down",
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Training data (the locked set; "
                                                        "default TRIAGE_TRAINING_DATA_DIRS)")] = None,
     min_images: Annotated[int, typer.Option("--min-images", min=2)] = 50,
@@ -150,7 +152,10 @@ def adapt(
         site, left_out = folder_images(images, size)
     if bn_mode not in adaptation.BN_MODES:
         fail(f"--bn-mode must be one of {', '.join(adaptation.BN_MODES)}")
-    policy = adaptation.AdaptPolicy(bn=bn, bn_mode=bn_mode, threshold=threshold, min_images=min_images)
+    if direction not in adaptation.DIRECTIONS:
+        fail(f"--direction must be one of {', '.join(adaptation.DIRECTIONS)}")
+    policy = adaptation.AdaptPolicy(bn=bn, bn_mode=bn_mode, threshold=threshold, direction=direction,
+                                    min_images=min_images)
     gate_policy = GatePolicy(min_sensitivity=settings.retrain_min_sensitivity, max_ece=settings.retrain_max_ece)
     model = keras.saving.load_model(store.version_dir(base) / MODEL_FILE, compile=False)
     try:
