@@ -66,6 +66,13 @@ def archive_images(settings, since: datetime, size: int) -> tuple[np.ndarray, in
     return _stack(kept, size), len(paths) - len(kept)
 
 
+def site_images(settings, folder: Path | None, since: datetime | None, size: int) -> tuple[np.ndarray, int]:
+    """(images, left out) from ``folder`` or, when it is None, this home's archive since ``since``."""
+    if folder is not None:
+        return folder_images(folder, size)
+    return archive_images(settings, since if since.tzinfo else since.replace(tzinfo=timezone.utc), size)
+
+
 def _stack(kept: list, size: int) -> np.ndarray:
     return np.stack(kept) if kept else np.zeros((0, size, size, 3), dtype=np.uint8)
 
@@ -114,8 +121,9 @@ def adapt(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Propose a version adapted to this site from its unlabelled images (AdaBN statistics and
-    a shifted urgent threshold, guarded by sensitivity >= 0.95 on the locked evaluation set).
+    """Propose a version adapted to this site from its unlabelled images: the urgent threshold
+    moved by a label-free shift estimate (and, with --bn, re-estimated BatchNorm statistics),
+    guarded by sensitivity >= 0.95 on the locked evaluation set.
     The new version is not current: `models promote` does that. Its id is the last line.
 
     Exit code 0: proposed (or shown, with --dry-run); 1: refused or the gate failed.
@@ -125,35 +133,22 @@ def adapt(
     from worker.calibration import adapt as adaptation
     from worker.classify.export import ensure_export
     from worker.classify.inference import configure_tensorflow
-    from worker.errors import ModelNotAvailable
     from worker.process.home import prepare
     from worker.retrain.gates import GatePolicy
     from worker.store.versions import MODEL_FILE, ModelStore
 
     if (images is None) == (since is None):
         fail("give the site's images: --images FOLDER or --since DATE (one of them)")
+    if bn_mode not in adaptation.BN_MODES or direction not in adaptation.DIRECTIONS:
+        fail(f"--bn-mode is one of {', '.join(adaptation.BN_MODES)}; --direction one of "
+             f"{', '.join(adaptation.DIRECTIONS)}")
     settings = settings_for(home)
     prepare(settings)
     configure_tensorflow(1)
     store = ModelStore(settings.model_store_dir, export=ensure_export)
-    base = version or store.current_version()
-    if base is None:
-        fail("no current model version", ExitCode.NOT_READY)
-    try:
-        meta = store.metadata(base)
-        store.verify(base)
-    except ModelNotAvailable as exc:
-        fail(str(exc))
+    base, meta = _base_version(store, version)
     size = meta.input_size
-    if since is not None:
-        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        site, left_out = archive_images(settings, since, size)
-    else:
-        site, left_out = folder_images(images, size)
-    if bn_mode not in adaptation.BN_MODES:
-        fail(f"--bn-mode must be one of {', '.join(adaptation.BN_MODES)}")
-    if direction not in adaptation.DIRECTIONS:
-        fail(f"--direction must be one of {', '.join(adaptation.DIRECTIONS)}")
+    site, left_out = site_images(settings, images, since, size)
     policy = adaptation.AdaptPolicy(bn=bn, bn_mode=bn_mode, threshold=threshold, direction=direction,
                                     min_images=min_images)
     gate_policy = GatePolicy(min_sensitivity=settings.retrain_min_sensitivity, max_ece=settings.retrain_max_ece)
@@ -169,10 +164,31 @@ def adapt(
     if proposal.passed and not dry_run:
         command = "melanoma-triage adapt " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         added = adaptation.write_version(store, model, proposal, command.strip(), settings.home / "adaptation")
+    _report(proposal, added, left_out, dry_run, as_json)
+
+
+def _base_version(store, version: str | None):
+    """(name, metadata) of the base version (default: current), checked; exits when absent."""
+    from worker.errors import ModelNotAvailable
+
+    base = version or store.current_version()
+    if base is None:
+        fail("no current model version", ExitCode.NOT_READY)
+    try:
+        store.verify(base)
+        return base, store.metadata(base)
+    except ModelNotAvailable as exc:
+        fail(str(exc))
+
+
+def _report(proposal, added: str | None, left_out: int, dry_run: bool, as_json: bool) -> None:
+    """The proposal on stdout (the new version's id last); exit 1 when the gate said no."""
+    from worker.calibration.adapt import format_proposal
+
     if as_json:
         emit_json({"proposed": proposal.passed, "added_version": added, "left_out": left_out, **proposal.as_dict()})
     else:
-        for line in adaptation.format_proposal(proposal, left_out):
+        for line in format_proposal(proposal, left_out):
             typer.echo(line)
         if proposal.passed and dry_run:
             typer.echo("dry run: no version added")
