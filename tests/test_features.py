@@ -133,3 +133,33 @@ def test_fold_indices_leave_the_held_out_source_out(four_rows):
     assert set(rows.iloc[te]["source"]) == {"isic2017"} and "isic2017" not in set(rows.iloc[tr]["source"])
     own_tr, own_te = feature_search.own_indices(rows)
     assert not set(own_tr) & set(own_te) and len(own_tr) + len(own_te) == len(rows)
+
+
+def test_weight_power_is_a_recipe_field_that_reaches_the_sample_weights(tmp_path):
+    from worker.training.config import TrainConfig, recipe, same_recipe
+    from worker.training.train import SplitArrays
+
+    rows = pd.DataFrame({"label": ["nevus"] * 6 + ["melanoma"] * 2, "melanoma": [0] * 6 + [1] * 2})
+    masks = dataset.label_masks(rows)
+    n = len(rows)
+    arrays = dict(images=np.zeros((n, 2, 2, 3), np.uint8), masks=masks, labels=dataset.label_indices(rows),
+                  melanoma=rows["melanoma"].to_numpy(), train=np.ones(n, bool), val=np.zeros(n, bool),
+                  test=np.zeros(n, bool))
+    _, _, flat = SplitArrays(**arrays, weight_power=0.0).training()
+    _, _, root = SplitArrays(**arrays).training()
+    np.testing.assert_allclose(flat, 1.0)
+    assert root[-1] > root[0]  # the rare class weighs more under the default (square root)
+    cfg = TrainConfig(data=(), out=tmp_path, weight_power=0.0)
+    assert recipe(cfg)["weight_power"] == 0.0
+    older = {k: v for k, v in recipe(TrainConfig(data=(), out=tmp_path)).items() if k != "weight_power"}
+    assert same_recipe(older, recipe(TrainConfig(data=(), out=tmp_path)))  # records from before the field
+    assert not same_recipe(older, recipe(cfg))
+
+
+def test_train_command_takes_weight_power():
+    from typer.testing import CliRunner
+
+    from worker.cli.main import app
+
+    out = CliRunner().invoke(app, ["train", "--help"])
+    assert out.exit_code == 0 and "--weight-power" in out.stdout
