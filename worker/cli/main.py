@@ -189,6 +189,7 @@ def db_upgrade(home: HomeOption = None,
 
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.calibration.adapt_cli import register as register_adapt
     from worker.calibration.cli import register as register_calibration
     from worker.cli.jobs import app as jobs_app
     from worker.doors.cli import register as register_doors
@@ -206,6 +207,7 @@ def _register_command_groups() -> None:
     register_calibration(app)  # calibrate
     register_workspace(app)  # users create|list|disable|reset-password, audit list
     app.add_typer(jobs_app, name="jobs")  # jobs list|show
+    register_adapt(app)  # adapt
 
 
 _register_command_groups()
