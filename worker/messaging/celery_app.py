@@ -92,6 +92,8 @@ def create_app(settings: Settings) -> Celery:
                      DELIVER_TASK: {"queue": DELIVER_QUEUE},
                      REDELIVER_TASK: {"queue": MAINTENANCE_QUEUE}},
         worker_hijack_root_logger=False,
+        # --pool=prefork runs this: a child killed idle no longer stalls the worker.
+        worker_pool="worker.messaging.prefork_pool:TaskPool",
         beat_schedule={
             # Its own queue, so it never waits behind a backlog; a pass that could not run
             # within two periods (no worker up) expires instead of piling up.
