@@ -54,7 +54,7 @@ class Verdict:
         return {"ok": self.ok, "detail": self.detail, "restarts": self.restarts}
 
 
-def _aware(ts: datetime | None) -> datetime | None:
+def aware(ts: datetime | None) -> datetime | None:
     return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
 
 
@@ -118,23 +118,23 @@ def evaluate(row: RoleHealth, now: datetime, probe_timeout: timedelta,
     if row.process_state in (RESTARTING, CRASH_LOOPING):
         return Verdict(row.role, False, row.detail or row.process_state, restarts)
     if row.role == BEAT:
-        last = _aware(row.answered_at) or _aware(row.updated_at)
+        last = aware(row.answered_at) or aware(row.updated_at)
         if last is not None and now - last > beat_max_age:
             return Verdict(row.role, False, f"no tick for {(now - last).total_seconds():.0f} s", restarts)
         return Verdict(row.role, True, "ticking", restarts)
     if row.role == SUPERVISOR:
-        last = _aware(row.updated_at)
+        last = aware(row.updated_at)
         if last is not None and now - last > probe_timeout:
             return Verdict(row.role, False, f"not reporting for {(now - last).total_seconds():.0f} s",
                            restarts)
         return Verdict(row.role, True, "supervising", restarts)
-    sent = _aware(row.probe_sent_at)
+    sent = aware(row.probe_sent_at)
     if row.probe_id and row.answered_id != row.probe_id and sent is not None:
         waited = now - sent
         if waited > probe_timeout:
             return Verdict(row.role, False, f"liveness probe unanswered for {waited.total_seconds():.0f} s",
                            restarts)
-    answered = _aware(row.answered_at)
+    answered = aware(row.answered_at)
     detail = (f"probe answered {(now - answered).total_seconds():.0f} s ago" if answered
               else (row.process_state or "starting"))
     return Verdict(row.role, True, detail, restarts)
