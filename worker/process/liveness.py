@@ -20,9 +20,12 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from schemas import JobState
 from worker.db import role_health
+from worker.db.models import Job
 from worker.db.role_health import PROBED_ROLES, Verdict
 from worker.settings import Settings
 
@@ -102,3 +105,26 @@ class LivenessProber:
     def restarted(self, role: str) -> None:
         """Its worker was restarted: the next probe waits one interval, then has its deadline."""
         role_health.clear_probe(self.sessions, role, self.clock())
+
+
+def resend_oldest_queued(sessions: sessionmaker[Session], send: Callable[[str], None],
+                         before: datetime, limit: int) -> int:
+    """After a triage worker died or was restarted: send the ``limit`` oldest queued jobs
+    again. The embedded broker deletes a message when it is fetched, so the one a dead
+    worker had taken but not started (at most one per pool slot, the oldest: the queue is
+    first in, first out) would otherwise wait for the reconciler's stale period (10 min).
+    A copy of a job that is still queued costs the worker one lookup."""
+    now = datetime.now(timezone.utc)
+    with sessions.begin() as s:
+        ids = s.execute(select(Job.id).where(Job.state == JobState.QUEUED.value,
+                                             Job.last_sent_at < before)
+                        .order_by(Job.last_sent_at).limit(limit)).scalars().all()
+        claimed = [job_id for job_id in ids if s.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED.value)
+            .values(last_sent_at=now, sent_count=Job.sent_count + 1)
+            .execution_options(synchronize_session=False)).rowcount == 1]
+    for job_id in claimed:
+        send(job_id)
+    if claimed:
+        log.warning("triage worker restarted: sent the %d oldest queued job(s) again", len(claimed))
+    return len(claimed)

@@ -14,12 +14,13 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
-from worker.messaging.celery_app import QUEUES, create_app, probe_sender
+from worker.messaging.celery_app import QUEUES, create_app, probe_sender, process_sender
 from worker.client import TriageClient
 from worker.db import role_health
 from worker.process.at_rest import apply_data_group, apply_umask
-from worker.process.liveness import CHILD_ROLES, ROLE_CHILDREN, LivenessProber
+from worker.process.liveness import CHILD_ROLES, ROLE_CHILDREN, LivenessProber, resend_oldest_queued
 from worker.messaging.filesystem_broker import prepare_control_folder
 from worker.process.home import prepare
 from worker.intake.watcher import IntakeWatcher
@@ -174,6 +175,8 @@ class HealthReporter:
         celery = create_app(settings)
         self.prober = LivenessProber(settings, sessions,
                                      probe_sender(celery, expires_s=settings.health_probe_timeout_s))
+        self.send_job = process_sender(celery)
+        self.held_per_worker = 2 * settings.worker_concurrency + 1
         self.probe_every_s = min(2.0, settings.health_probe_interval_s)
         self._reported: dict[str, tuple] = {}
         self._last_report = self._last_probe = float("-inf")
@@ -195,6 +198,9 @@ class HealthReporter:
         due = time.monotonic() - self._last_report >= self.REPORT_EVERY_S
         for child, (state, restarts, detail) in self.supervisor.states().items():
             role = CHILD_ROLES.get(child, child)
+            if role == "triage" and restarts > self._reported.get(role, (None, 0))[1]:
+                resend_oldest_queued(self.sessions, self.send_job, datetime.now(timezone.utc),
+                                     self.held_per_worker)
             if due or self._reported.get(role) != (state, restarts):
                 role_health.record_process(self.sessions, role, state, restarts, detail)
                 self._reported[role] = (state, restarts)

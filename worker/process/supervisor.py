@@ -133,8 +133,9 @@ class Supervisor:
             child.crash_looping = True
         delay = min(self.backoff_max_s, 2.0 ** (recent - 1))
         child.restart_at = now + delay
-        log.error("%s exited with code %s; restarting in %.0f s (%d exit(s) within %.0f s)",
-                  child.name, code, delay, recent, self.window_s)
+        how = f"was killed ({code})" if isinstance(code, str) else f"exited with code {code}"
+        log.error("%s %s; restarting in %.0f s (%d exit(s) within %.0f s)",
+                  child.name, how, delay, recent, self.window_s)
 
     def states(self) -> dict[str, tuple[str, int, str | None]]:
         """Per child: state, restarts and (unless running) why, for the health table."""
