@@ -32,8 +32,9 @@ def apply_umask() -> int:
 
 
 def _data_folders(settings: Settings) -> list[Path]:
-    return [settings.home, settings.intake_dir, settings.reports_dir, settings.rejected_dir,
-            settings.archive_dir, settings.model_store_dir]
+    """The data folders, then the home (the rest of it: the database, the broker, logs)."""
+    return [settings.intake_dir, settings.reports_dir, settings.rejected_dir,
+            settings.archive_dir, settings.model_store_dir, settings.home]
 
 
 def _tighten(path: Path) -> bool:
