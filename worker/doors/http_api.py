@@ -181,14 +181,9 @@ _UPLOAD_BODY = {
 }
 
 
-def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
-    """The ASGI app; ``intake`` decides where admitted jobs are sent."""
-    door = HttpDoor(settings, intake)
-    app = FastAPI(title="melanoma-triage", version="1",
-                  description="Dermoscopy triage: submit an image, follow its job, fetch its report. "
-                              "Decision support only: a clinician makes the decision.")
-    app.state.door = door
-    bearer = HTTPBearer(auto_error=False, description="Token from `melanoma-triage tokens create`")
+def _token_checks(door: HttpDoor, bearer: HTTPBearer):
+    """The route dependencies of the token scopes: ``submitter`` (a token that may submit:
+    its name) and ``job_reader`` (a token that may read the path's job)."""
 
     def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
         found = verify_caller(door.sessions, credentials.credentials) if credentials else None
@@ -206,6 +201,20 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         if not may_read(door.sessions, who, job_id):  # 404, not 403: no probing for job ids
             raise HTTPException(404, "no such job")
         return who
+
+    return submitter, job_reader
+
+
+def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
+    """The ASGI app; ``intake`` decides where admitted jobs are sent."""
+    door = HttpDoor(settings, intake)
+    app = FastAPI(title="melanoma-triage", version="1",
+                  description="Dermoscopy triage: submit an image, follow its job, fetch its report. "
+                              "Decision support only: a clinician makes the decision.")
+    app.state.door = door
+    bearer = HTTPBearer(auto_error=False, description="Token from `melanoma-triage tokens create`")
+
+    submitter, job_reader = _token_checks(door, bearer)
 
     @app.post("/v1/jobs", status_code=201, openapi_extra={"requestBody": _UPLOAD_BODY},
               responses={200: {"description": "An existing job"}, 409: {"description": "Key reused"},
