@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from worker.messaging.celery_app import QUEUES, create_app, probe_sender, process_sender
 from worker.client import TriageClient
 from worker.db import role_health
+from worker.db.role_health import PROBED_ROLES
 from worker.process.at_rest import apply_data_group, apply_umask
 from worker.process.liveness import CHILD_ROLES, ROLE_CHILDREN, LivenessProber, resend_oldest_queued
 from worker.messaging.filesystem_broker import prepare_control_folder
@@ -190,7 +191,7 @@ class HealthReporter:
                 for role, why in self.prober.check().items():
                     if ROLE_CHILDREN.get(role) in {c.name for c in self.supervisor.children}:
                         self.supervisor.restart(ROLE_CHILDREN[role], f"{role} is down ({why})")
-                        self.prober.restarted(role)
+                        self.prober.restarted(role)  # and again once it is started
         except Exception as exc:  # noqa: BLE001 - contained: the next tick tries again
             self.errors.record(exc)
 
@@ -198,15 +199,23 @@ class HealthReporter:
         due = time.monotonic() - self._last_report >= self.REPORT_EVERY_S
         for child, (state, restarts, detail) in self.supervisor.states().items():
             role = CHILD_ROLES.get(child, child)
-            if role == "triage" and restarts > self._reported.get(role, (None, 0))[1]:
-                resend_oldest_queued(self.sessions, self.send_job, datetime.now(timezone.utc),
-                                     self.held_per_worker)
+            if restarts > self._reported.get(role, (None, 0))[1]:  # started again since
+                self._after_restart(role)
             if due or self._reported.get(role) != (state, restarts):
                 role_health.record_process(self.sessions, role, state, restarts, detail)
                 self._reported[role] = (state, restarts)
         if due:
             role_health.record_process(self.sessions, role_health.SUPERVISOR, role_health.RUNNING, 0, None)
             self._last_report = time.monotonic()
+
+    def _after_restart(self, role: str) -> None:
+        """A probe sent to the dead process may have died with it: start probing afresh.
+        A dead triage worker may also have held a fetched message: send the oldest again."""
+        if role in PROBED_ROLES:
+            self.prober.restarted(role)
+        if role == "triage":
+            resend_oldest_queued(self.sessions, self.send_job, datetime.now(timezone.utc),
+                                 self.held_per_worker)
 
     def stopped(self) -> None:
         try:
