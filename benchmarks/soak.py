@@ -347,7 +347,8 @@ def main() -> int:
         print(f"kills missed: {result['kills_missed']}; longest time down per role (s): "
               f"{result['longest_down_s']}; run alive until stopped: {result['run_alive_until_stopped']} "
               f"(exit code {result['run_exit_code']})")
-    print("worker RSS (MiB) over time [s: worker0, worker1]:")
+    if result["worker_rss_mb"]:
+        print("worker RSS (MiB) over time [s: worker0, worker1]:")
     for t, values in result["worker_rss_mb"]:
         print(f"  {t:>6} s: {values}")
     return 1 if result["lost"] or result["duplicated"] or result["done_without_report"] else 0

@@ -146,3 +146,26 @@ def _get(url: str):
         return httpx.get(url, timeout=5)
     except httpx.HTTPError:
         return None
+
+
+def test_a_stuck_beat_is_reported_down_and_restarted(embedded):
+    """Beat stopped (SIGSTOP): no reconciler pass is scheduled, nothing notices. Its tick
+    stops reaching the maintenance worker: beat is reported down and restarted."""
+    run = embedded(TRIAGE_HEALTH_PROBE_INTERVAL_S="1", TRIAGE_HEALTH_PROBE_TIMEOUT_S="15",
+                   TRIAGE_RECONCILE_INTERVAL_S="2")
+    wait_until(lambda: run.status()["roles"].get("beat", {}).get("detail") == "ticking", 120,
+               1.0, what="beat ticking")
+    beat = run.child("beat")
+    os.kill(beat.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not run.status()["roles"]["beat"]["ok"], 90, 1.0, what="beat reported down")
+        wait_until(lambda: (b := run.child("beat")) is not None and b.pid != beat.pid, 60,
+                   what="beat restarted")
+    finally:
+        try:
+            os.kill(beat.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: run.status()["roles"]["beat"]["ok"], 120, 1.0, what="beat up again")
+    assert "beat: beat is down (no tick" in run.log_text()
+    assert run.stop() == 0

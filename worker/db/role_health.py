@@ -45,10 +45,15 @@ class RoleHealth(Base):
 
 @dataclass(frozen=True)
 class Verdict:
+    """``ok``: up. ``stuck``: down *and* overdue (a probe or beat's tick past its deadline
+    while the process runs): the supervisor restarts it. A role that is starting is down
+    (it has not yet shown it works) but not stuck."""
+
     role: str
     ok: bool
     detail: str
     restarts: int = 0
+    stuck: bool = False
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "detail": self.detail, "restarts": self.restarts}
@@ -93,11 +98,12 @@ def record_process(sessions: sessionmaker[Session], role: str, state: str, resta
             row.probe_id = row.answered_id
 
 
-def clear_probe(sessions: sessionmaker[Session], role: str, now: datetime | None = None) -> None:
-    """Forget an outstanding probe (its worker was restarted): the next one starts afresh."""
+def clear_probe(sessions: sessionmaker[Session], role: str) -> None:
+    """Forget an outstanding probe (its worker was restarted): the role is starting until it
+    answers the next one, which is sent at once and has its full deadline."""
     with sessions.begin() as s:
         row = _row(s, role)
-        row.probe_id, row.probe_sent_at = None, now or utcnow()
+        row.probe_id, row.probe_sent_at = None, None  # the next check sends one at once
         row.answered_id = None
 
 
@@ -120,7 +126,8 @@ def evaluate(row: RoleHealth, now: datetime, probe_timeout: timedelta,
     if row.role == BEAT:
         last = aware(row.answered_at) or aware(row.updated_at)
         if last is not None and now - last > beat_max_age:
-            return Verdict(row.role, False, f"no tick for {(now - last).total_seconds():.0f} s", restarts)
+            return Verdict(row.role, False, f"no tick for {(now - last).total_seconds():.0f} s",
+                           restarts, stuck=True)
         return Verdict(row.role, True, "ticking", restarts)
     if row.role == SUPERVISOR:
         last = aware(row.updated_at)
@@ -133,11 +140,12 @@ def evaluate(row: RoleHealth, now: datetime, probe_timeout: timedelta,
         waited = now - sent
         if waited > probe_timeout:
             return Verdict(row.role, False, f"liveness probe unanswered for {waited.total_seconds():.0f} s",
-                           restarts)
+                           restarts, stuck=True)
     answered = aware(row.answered_at)
-    detail = (f"probe answered {(now - answered).total_seconds():.0f} s ago" if answered
-              else (row.process_state or "starting"))
-    return Verdict(row.role, True, detail, restarts)
+    if row.answered_id is None or answered is None:  # (re)started, no work shown yet
+        return Verdict(row.role, False, "starting: no probe answered yet", restarts)
+    return Verdict(row.role, True, f"probe answered {(now - answered).total_seconds():.0f} s ago",
+                   restarts)
 
 
 def verdicts(sessions: sessionmaker[Session], probe_timeout_s: float, beat_max_age_s: float,

@@ -5,7 +5,9 @@ A process that exists is not a worker that works: a Celery worker whose pool is 
 sends each worker role (triage, deliver, maintenance) a no-op task on a queue of its own
 every ``health_probe_interval_s``; the task records its answer in ``role_health``. A probe
 unanswered for its role's deadline means the role is down: the supervisor kills the
-worker and starts it again, and ``/healthz``, ``status`` and ``/metrics`` say so.
+worker and starts it again, and ``/healthz``, ``status`` and ``/metrics`` say so. Beat is
+down when its tick (every reconcile period, recorded by the maintenance worker) stops
+coming while the maintenance worker is up; it is restarted the same way.
 
 Deadlines: a triage worker (concurrency 1) answers after the image it is on, so its
 deadline, ``health_probe_timeout_s`` (60 s), must exceed a worker's start-up and the
@@ -84,13 +86,19 @@ class LivenessProber:
         for role in PROBED_ROLES:
             row = rows.get(role)
             verdict = verdicts.get(role)
-            if verdict is not None and not verdict.ok and row.process_state == role_health.RUNNING:
+            if verdict is not None and verdict.stuck and row.process_state == role_health.RUNNING:
                 failing[role] = verdict.detail
                 continue
             outstanding = row is not None and row.probe_id and row.answered_id != row.probe_id
             sent = role_health.aware(row.probe_sent_at) if row is not None else None
             if not outstanding and (sent is None or now - sent >= self.interval):
                 self._send(role, now)
+        beat, maintenance = verdicts.get(role_health.BEAT), verdicts.get("maintenance")
+        # Beat's ticks reach us through the maintenance worker: only while that one is up
+        # does a missing tick mean that beat is stuck.
+        if beat is not None and beat.stuck and maintenance is not None and maintenance.ok \
+                and rows[role_health.BEAT].process_state == role_health.RUNNING:
+            failing[role_health.BEAT] = beat.detail
         return failing
 
     def _send(self, role: str, now: datetime) -> None:
@@ -103,8 +111,12 @@ class LivenessProber:
         role_health.record_probe_sent(self.sessions, role, probe_id, now)
 
     def restarted(self, role: str) -> None:
-        """Its worker was restarted: the next probe waits one interval, then has its deadline."""
-        role_health.clear_probe(self.sessions, role, self.clock())
+        """Its process was restarted: a probe goes out at once and has its full deadline
+        (beat: its ticks are waited for as long as after a tick)."""
+        if role == role_health.BEAT:
+            role_health.record_answer(self.sessions, role, "restarted", self.clock())
+        else:
+            role_health.clear_probe(self.sessions, role)
 
 
 def resend_oldest_queued(sessions: sessionmaker[Session], send: Callable[[str], None],

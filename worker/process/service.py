@@ -211,7 +211,7 @@ class HealthReporter:
     def _after_restart(self, role: str) -> None:
         """A probe sent to the dead process may have died with it: start probing afresh.
         A dead triage worker may also have held a fetched message: send the oldest again."""
-        if role in PROBED_ROLES:
+        if role in PROBED_ROLES or role == role_health.BEAT:
             self.prober.restarted(role)
         if role == "triage":
             resend_oldest_queued(self.sessions, self.send_job, datetime.now(timezone.utc),
