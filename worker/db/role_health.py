@@ -24,6 +24,8 @@ from worker.db.models import Base, utcnow
 #: Worker roles that answer probe tasks, each on its own queue ``probe.<role>``.
 PROBED_ROLES = ("triage", "deliver", "maintenance")
 BEAT = "beat"
+#: ``answered_id`` of beat's row when run (re)started it: its ticks are due from then on.
+BEAT_STARTED = "started"
 #: The supervising process itself (run's main process: intake watcher and supervisor).
 SUPERVISOR = "supervisor"
 RUNNING, RESTARTING, CRASH_LOOPING, STOPPED = "running", "restarting", "crash-looping", "stopped"
@@ -123,11 +125,15 @@ def evaluate(row: RoleHealth, now: datetime, probe_timeout: timedelta,
         return Verdict(row.role, False, "stopped", restarts)
     if row.process_state in (RESTARTING, CRASH_LOOPING):
         return Verdict(row.role, False, row.detail or row.process_state, restarts)
-    if row.role == BEAT:
-        last = aware(row.answered_at) or aware(row.updated_at)
-        if last is not None and now - last > beat_max_age:
+    if row.role == BEAT:  # answered_at: its last tick, or its (re)start ("restarted")
+        last = aware(row.answered_at)
+        if last is None:
+            return Verdict(row.role, False, "starting: no tick yet", restarts)
+        if now - last > beat_max_age:
             return Verdict(row.role, False, f"no tick for {(now - last).total_seconds():.0f} s",
                            restarts, stuck=True)
+        if row.answered_id == BEAT_STARTED:
+            return Verdict(row.role, False, "starting: no tick yet since its start", restarts)
         return Verdict(row.role, True, "ticking", restarts)
     if row.role == SUPERVISOR:
         last = aware(row.updated_at)
@@ -135,6 +141,8 @@ def evaluate(row: RoleHealth, now: datetime, probe_timeout: timedelta,
             return Verdict(row.role, False, f"not reporting for {(now - last).total_seconds():.0f} s",
                            restarts)
         return Verdict(row.role, True, "supervising", restarts)
+    if row.role not in PROBED_ROLES:  # a door, the retrain worker: its process runs
+        return Verdict(row.role, True, row.process_state or "running", restarts)
     sent = aware(row.probe_sent_at)
     if row.probe_id and row.answered_id != row.probe_id and sent is not None:
         waited = now - sent

@@ -114,7 +114,7 @@ class LivenessProber:
         """Its process was restarted: a probe goes out at once and has its full deadline
         (beat: its ticks are waited for as long as after a tick)."""
         if role == role_health.BEAT:
-            role_health.record_answer(self.sessions, role, "restarted", self.clock())
+            role_health.record_answer(self.sessions, role, role_health.BEAT_STARTED, self.clock())
         else:
             role_health.clear_probe(self.sessions, role)
 

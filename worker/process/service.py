@@ -182,6 +182,8 @@ class HealthReporter:
         self._reported: dict[str, tuple] = {}
         self._last_report = self._last_probe = float("-inf")
         self.errors = _ScanErrors(what="health report")
+        if ROLE_CHILDREN[role_health.BEAT] in {c.name for c in supervisor.children}:
+            self.prober.restarted(role_health.BEAT)  # its ticks are due from now on
 
     def tick(self) -> None:
         try:
