@@ -182,8 +182,13 @@ class HealthReporter:
         self._reported: dict[str, tuple] = {}
         self._last_report = self._last_probe = float("-inf")
         self.errors = _ScanErrors(what="health report")
-        if ROLE_CHILDREN[role_health.BEAT] in {c.name for c in supervisor.children}:
-            self.prober.restarted(role_health.BEAT)  # its ticks are due from now on
+        try:  # a fresh start: no answer from an earlier run counts, beat's ticks are due
+            names = {c.name for c in supervisor.children}
+            for role in (*PROBED_ROLES, role_health.BEAT):
+                if ROLE_CHILDREN[role] in names:
+                    self.prober.restarted(role)
+        except Exception as exc:  # noqa: BLE001 - the database may be away: tick() retries
+            self.errors.record(exc)
 
     def tick(self) -> None:
         try:
