@@ -157,16 +157,21 @@ def reconcile(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def init(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Create the folders, migrate the database and seed the model store (idempotent)."""
+    """Create the folders, migrate the database and seed the model store (idempotent);
+    take world access off an existing home and say what changed."""
+    from worker.process.at_rest import apply_data_group, tighten_home
     from worker.process.home import prepare
     from worker.store.versions import ModelStore
 
     settings = settings_for(home)
     prepare(settings)
+    changed = tighten_home(settings) + apply_data_group(settings)
     current = ModelStore(settings.model_store_dir).current_version()
     if as_json:
-        emit_json({"home": str(settings.home), "model_version": current})
+        emit_json({"home": str(settings.home), "model_version": current, "permissions_changed": changed})
     else:
+        for line in changed:
+            typer.echo(f"tightened: {line}")
         typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
 
 
@@ -214,9 +219,11 @@ _register_command_groups()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m worker``: every door and CLI process)."""
     from worker.imaging.dicom import quiet_pydicom
+    from worker.process.at_rest import apply_umask
 
+    apply_umask()  # before any file: no world access to patient data (issue 18)
     quiet_pydicom()
     app()
 
