@@ -382,7 +382,8 @@ class CeleryProcess:
                                  + self.log_tail())
         if self.role == "beat":
             return "beat: Starting" in self.log_text()
-        return " ready." in self.log_text() and bool(self.pool_children())
+        solo = "--pool=solo" in celery_command(self.settings, self.role)  # no pool children
+        return " ready." in self.log_text() and (solo or bool(self.pool_children()))
 
     def wait_ready(self, timeout: float = 180) -> None:
         try:

@@ -88,10 +88,13 @@ def _wait_resent(url: str, victims: list[str], t_kill: float, timeout: float = 1
 
 
 def _worker_and_beat(celery_processes, settings):
-    """A triage worker and beat (the reconciler), started side by side."""
+    """A triage worker, beat and the maintenance worker that runs beat's reconciler, started
+    side by side (as ``run`` does: the reconciler is never behind the triage worker)."""
     beat = celery_processes("beat", settings=settings, ready_timeout=0)
+    maintenance = celery_processes("maintenance-worker", settings=settings, ready_timeout=0)
     worker = celery_processes("worker", settings=settings)
     beat.wait_ready(120)
+    maintenance.wait_ready(120)
     return worker
 
 
