@@ -45,10 +45,15 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit")] = False,
 ) -> None:
     """Dermoscopy triage worker: intake, CNN classification, PDF triage reports."""
+    from worker.storage.model_cli import after_command, before_command
+
+    if before_command():  # TRIAGE_STORAGE=database: the model store is shared through it
+        ctx.call_on_close(after_command)
 
 
 def _logging(verbose: bool = False) -> None:

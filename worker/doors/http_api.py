@@ -48,6 +48,7 @@ from worker.doors.metrics import render_metrics
 from worker.doors.tokens import verify_token
 from worker.intake.admission import Intake
 from worker.settings import Settings
+from worker.storage.blobs import is_db_location, read_location
 from worker.workspace.application import create_workspace_app
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,18 @@ _UPLOAD_BODY = {
 }
 
 
+def report_response(location: str, job_id: str, bind) -> Response:
+    """The PDF at ``location``: a file, or (``TRIAGE_STORAGE=database``) a blob, on any host."""
+    if not is_db_location(location):
+        return FileResponse(location, media_type="application/pdf", filename=f"{job_id}.pdf")
+    try:
+        pdf = read_location(location, bind)
+    except FileNotFoundError:
+        raise HTTPException(404, "the report is not in storage") from None
+    return Response(pdf, media_type="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.pdf"'})
+
+
 def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
     """The ASGI app; ``intake`` decides where admitted jobs are sent."""
     door = HttpDoor(settings, intake)
@@ -226,7 +239,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return view
 
     @app.get("/v1/jobs/{job_id}/report.pdf", response_class=FileResponse)
-    def get_report(job_id: str, _: str = Depends(token_name)) -> FileResponse:
+    def get_report(job_id: str, _: str = Depends(token_name)) -> Response:
         """The PDF triage report of a done job."""
         with door.sessions() as s:
             job = s.get(Job, job_id)
@@ -234,7 +247,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
             state = job.state if job is not None else None
         if path is None:
             raise HTTPException(404, "no such job" if state is None else f"no report: the job is {state}")
-        return FileResponse(path, media_type="application/pdf", filename=f"{job_id}.pdf")
+        return report_response(path, job_id, door.sessions.kw["bind"])
 
     @app.get("/v1/jobs/{job_id}/fhir")
     def get_fhir(job_id: str, _: str = Depends(token_name)) -> JSONResponse:

@@ -70,7 +70,7 @@ def _after_fork(**_kwargs) -> None:
 
 def _fail(rt: Runtime, job_id: str, code: RejectionReason, reason: str) -> str:
     """Failed, not retried: recorded in the database and beside the file in rejected/."""
-    record_rejection(rt.sessions, rt.settings.rejected_dir, job_id, code, reason,
+    record_rejection(rt.sessions, rt.storage.rejected, job_id, code, reason,
                      state=JobState.FAILED)
     return JobState.FAILED.value
 
@@ -150,8 +150,8 @@ def _record_if_exhausted(rt: Runtime, job_id: str) -> None:
         exhausted = (job is not None and job.state == JobState.FAILED.value
                      and job.error_code == RejectionReason.ATTEMPTS_EXHAUSTED.value)
         reason = job.error if exhausted else ""
-    if exhausted and not any(rt.settings.rejected_dir.glob(f"{job_id}__*.json")):
-        record_rejection(rt.sessions, rt.settings.rejected_dir, job_id,
+    if exhausted and not rt.storage.has_rejection(job_id):
+        record_rejection(rt.sessions, rt.storage.rejected, job_id,
                          RejectionReason.ATTEMPTS_EXHAUSTED, reason or "", state=JobState.FAILED)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
 from worker.settings import Settings
+from worker.storage import model_sync
 from worker.store.versions import ModelStore
 
 
@@ -18,8 +19,20 @@ def prepare(settings: Settings) -> None:
     settings.ensure_folders()
     upgrade(settings.database_url)
     store = ModelStore(settings.model_store_dir)
+    if settings.storage == "database":  # the shared store first: a seed only where none is
+        engine = make_engine(settings.database_url)
+        try:
+            model_sync.pull(store.root, engine)
+        finally:
+            engine.dispose()
     store.seed_from()
     _record_seed(settings, store)
+    if settings.storage == "database":
+        engine = make_engine(settings.database_url)
+        try:
+            model_sync.sync_home(settings, engine)
+        finally:
+            engine.dispose()
 
 
 def _record_seed(settings: Settings, store: ModelStore) -> None:
