@@ -66,9 +66,9 @@ def blob_index(bind: Engine | Session, prefix: str) -> dict[str, str]:
     """key -> sha256 of every blob whose key starts with ``prefix`` (no data read)."""
     query = select(Blob.key, Blob.sha256).where(Blob.key.startswith(prefix, autoescape=True))
     if isinstance(bind, Session):
-        return dict(bind.execute(query).tuples())
+        return {k: v for k, v in bind.execute(query)}
     with bind.connect() as conn:
-        return dict(conn.execute(query).tuples())
+        return {k: v for k, v in conn.execute(query)}
 
 
 def delete_blob(session: Session, key: str) -> bool:
