@@ -16,7 +16,7 @@ import typer
 
 from schemas import ImageMetadata, JobState, Laterality, SourceDoor
 from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli.output import EXIT_CODES_HELP, ExitCode, emit_json
+from worker.cli.output import EXIT_CODES_HELP, ExitCode, emit_json, fail
 
 # Never print local variables in tracebacks: they can hold patient data or credentials.
 app = typer.Typer(
@@ -190,6 +190,36 @@ def db_upgrade(home: HomeOption = None,
         emit_json({"revision": now})
     else:
         typer.echo(f"database at revision {now}")
+
+
+@db_app.command("migrate-to")
+def db_migrate_to(url: Annotated[str, typer.Argument(help="PostgreSQL URL, e.g. postgresql+psycopg://user@host/triage")],
+                  home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Copy this home (database and stored files) into PostgreSQL with database storage;
+    checks row counts and SHA-256 of every file; safe to run again after an interruption."""
+    from worker.storage.pilot_migration import migrate_to
+
+    _logging()
+    settings = settings_for(home)
+    try:
+        result = migrate_to(settings, url)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if as_json:
+        emit_json({"ok": result.ok, "tables": result.tables, "files": result.files,
+                   "problems": result.problems})
+    else:
+        for name, counts in result.tables.items():
+            typer.echo(f"{name:24} {counts['source']:>8} -> {counts['target']:>8}")
+        typer.echo("files: " + ", ".join(f"{k} {v}" for k, v in sorted(result.files.items())))
+        for problem in result.problems:
+            typer.echo(f"PROBLEM: {problem}", err=True)
+        typer.echo("verified: every row and file is in the target" if result.ok else "NOT complete: see the problems above; run again")
+        if result.ok:
+            typer.echo("next: set TRIAGE_DATABASE_URL to the target, TRIAGE_STORAGE=database and "
+                       "TRIAGE_BROKER_URL to Redis on every host (README: from a pilot to several hosts)")
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 def _register_command_groups() -> None:

@@ -67,15 +67,16 @@ def _save_manifest(root: Path, manifest: dict[str, str]) -> None:
     write_atomic(root / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
 
 
-def publish(root: Path, engine: Engine) -> int:
+def publish(root: Path, engine: Engine, *, every_file: bool = False) -> int:
     """Store every file changed here since it was last fetched or published (a stale cache
     never overwrites what another host published); pointers last, in one transaction with
-    the rest. Returns how many files were sent."""
+    the rest. ``every_file``: whatever this database lacks (``db migrate-to``: a new database).
+    Returns how many files were sent."""
     stored, manifest = blob_index(engine, PREFIX), _manifest(root)
     changed = {}
     for rel, path in _local_files(root).items():
         sha = _sha(path)
-        if manifest.get(rel) != sha and stored.get(PREFIX + rel) != sha:
+        if (every_file or manifest.get(rel) != sha) and stored.get(PREFIX + rel) != sha:
             changed[rel] = (path, sha)
     ordered = sorted(changed, key=lambda rel: rel in POINTERS)
     if ordered:
