@@ -229,6 +229,7 @@ def _register_command_groups() -> None:
     from worker.doors.cli import register as register_doors
     from worker.monitor.cli import register as register_monitor
     from worker.results.cli import app as deliveries_app
+    from worker.retention.cli import app as retention_app
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
     from worker.workspace.cli import register as register_workspace
@@ -241,6 +242,7 @@ def _register_command_groups() -> None:
     register_calibration(app)  # calibrate
     register_workspace(app)  # users create|list|disable|reset-password, audit list
     app.add_typer(jobs_app, name="jobs")  # jobs list|show
+    app.add_typer(retention_app, name="retention")  # retention purge
 
 
 _register_command_groups()
