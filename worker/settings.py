@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         None, ge=1, description="Archived inputs older than this are purged once their job ended "
         "and its results were delivered (default: keep for ever); the locked evaluation set is kept")
 
+    @field_validator("retention_days", "reports_export_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v):
+        """``TRIAGE_RETENTION_DAYS=`` (compose passes an unset variable as empty): not set."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
