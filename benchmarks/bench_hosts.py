@@ -223,6 +223,10 @@ def main() -> None:
     finally:
         for h in hosts:
             h.stop()
+        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # the benchmark's own database, dropped
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
 
 
 if __name__ == "__main__":
