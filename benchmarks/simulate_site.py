@@ -1,6 +1,7 @@
 """A new clinic with another camera, simulated end to end: shift monitor, then calibrate.
 
-    python benchmarks/simulate_site.py [--data ../shared/data] [--home DIR] [--baseline 200]
+    nice -n 10 python benchmarks/simulate_site.py --data ../shared/data [--home DIR]
+        [--baseline 200] [--limit-a N] [--limit-b N] [--sensitivity 0.95]
 
 HAM10000 images of the shipped model's *test* split (never trained on, and not the
 validation images its ``reference.json`` was computed from) are re-coloured as another
@@ -12,16 +13,24 @@ in a throw-away home. The lesions are split in two halves (by lesion, so no lesi
 0. ``--baseline`` images of the test split of all three sources, *as recorded*: the same
    mix of sources and cameras as the validation images, so the shift monitor should be quiet;
 1. half A re-coloured: a clinic with its own camera and its own case mix (HAM10000 alone has
-   fewer melanomas and easier nevi than the pooled validation split). The monitor warns;
-   the confirmed diagnoses of half A come back
-   (``truth.add_label``, histopathology); ``calibrate`` proposes site thresholds from them,
-   the proposal passes the gate and is promoted with ``models promote``'s code, with half A's
-   traffic as the shift monitor's new reference;
-2. half B re-coloured, through the promoted site version: the monitor is quiet again (same
-   camera, same case mix), and the sensitivity and specificity on cases the thresholds were
-   *not* chosen on, beside what the base thresholds give on the same cases.
+   fewer melanomas and easier nevi than the pooled validation split; ``--blur R``: soft
+   optics as well, which shifts the melanoma probability more than the colours do). The
+   monitor warns;
+   the confirmed diagnoses of half A come back (``truth.add_label``, histopathology): every
+   lesion of the half, so that the confirmed cases have the traffic's case mix (recalibrated
+   on excised lesions only, the percentages would fit the excised population instead);
+2. ``melanoma-triage calibrate --dry-run``, the same with ``--no-recalibrate`` (what a
+   threshold-only version's gate says), then ``calibrate --sensitivity S --by --reason``,
+   run as the commands (a subprocess on the same home): the probabilities are recalibrated
+   on half A, the operating points shown, and the passing version's id (the last line of
+   stdout) is promoted with ``models promote``'s code;
+3. half B re-coloured (``--limit-b N``: a random N of it), through the promoted site version: the
+   monitor against the site's own reference, then on cases the site version was *not*
+   fitted on: the calibration error of the printed probabilities, and sensitivity and
+   specificity, beside what the base gives on the same cases; and the report's calibration
+   line.
 
-Prints each step's output. Takes a few minutes on one core.
+Prints each step's output. Takes about a minute per hundred images on one core.
 """
 
 from __future__ import annotations
@@ -47,12 +56,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from schemas import MELANOMA, SourceDoor  # noqa: E402
-from worker.calibration import site  # noqa: E402
 from worker.calibration.thresholds import interval_at  # noqa: E402
-from worker.monitor import shift  # noqa: E402
+from worker.classify.export import ensure_export  # noqa: E402
+from worker.classify.inference import Classifier  # noqa: E402
+from worker.imaging import assess_quality, decode_bytes  # noqa: E402
+from worker.intake import archive  # noqa: E402
 from worker.jobs.pipeline import process_job  # noqa: E402
-from worker.retrain import truth  # noqa: E402
 from worker.jobs.runtime import build_runtime  # noqa: E402
+from worker.monitor import shift  # noqa: E402
+from worker.retrain import truth  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.store import admin  # noqa: E402
 from worker.store.versions import ModelStore, shipped_store_root  # noqa: E402
@@ -62,10 +74,16 @@ from worker.training.manifest import HAM_DX_TO_CLASS as HAM_DX  # noqa: E402
 GAINS = (0.86, 0.97, 1.22)
 GAMMA = 1.3
 VIGNETTE = 0.55
+#: ``--blur``: Gaussian blur radius in pixels of the 224-px images (soft optics); 0: sharp.
+BLUR = {"radius": 0.0}
 
 
 def recolour(rgb: np.ndarray) -> np.ndarray:
     """``rgb`` as another dermatoscope would record it."""
+    if BLUR["radius"] > 0:
+        from PIL import ImageFilter
+
+        rgb = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(BLUR["radius"])))
     h, w = rgb.shape[:2]
     x = (rgb.astype(np.float32) / 255.0) ** GAMMA * np.array(GAINS, np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -131,21 +149,76 @@ def show_shift(rt, store: ModelStore, window: int) -> None:
         print("   " + line)
 
 
-def held_out(rt, store: ModelStore, jobs: list[tuple[str, dict]], base_threshold: float, site_threshold: float) -> None:
-    """Sensitivity and specificity on cases the site thresholds were not chosen on."""
+def held_out(rt, store: ModelStore, jobs: list[tuple[str, dict]], base: str, site_version: str) -> None:
+    """On cases the site version was not fitted on: the calibration error of what each version
+    prints, and the sensitivity and specificity of each version's urgent threshold."""
     from sqlalchemy import select
 
-    from worker.db.models import Prediction
+    from schemas import CLASS_NAMES, MELANOMA_INDEX
+    from worker.calibration.recalibrate import log_loss
+    from worker.db.models import Image, Job
+    from worker.training.metrics import expected_calibration_error
 
     with rt.sessions() as s:
-        p = {j: s.scalar(select(Prediction.p_melanoma).where(Prediction.job_id == j, Prediction.shadow.is_(False)))
-             for j, _ in jobs}
+        paths = {j: s.scalar(select(Image.archive_path).join(Job, Job.image_id == Image.id).where(Job.id == j))
+                 for j, _ in jobs}
     y = np.array([c["diagnosis"] == MELANOMA for _, c in jobs])
-    scores = np.array([p[j] for j, _ in jobs])
-    for name, t in (("base", base_threshold), ("site", site_threshold)):
-        sens, spec = interval_at(y, scores, t)
-        print(f"   {name} threshold {t:.4f}: sensitivity {sens.text()}, specificity {spec.text()} "
-              f"({int(y.sum())} melanomas, {int((~y).sum())} others)")
+    labels = np.array([CLASS_NAMES.index(c["diagnosis"]) for _, c in jobs])
+    for name, version in (("base", base), ("site", site_version)):
+        clf = Classifier.from_store(store, version)
+        keep, probs = [], []
+        for i, (j, _) in enumerate(jobs):
+            rgb = decode_bytes(archive.load(paths[j])).rgb
+            if assess_quality(rgb)[0]:
+                p = clf.probabilities(rgb)
+                keep.append(i)
+                probs.append([p[c] for c in CLASS_NAMES])
+        probs, yk = np.array(probs), y[keep]
+        t = store.metadata(version).thresholds.urgent_melanoma
+        ece = expected_calibration_error(probs, labels[keep])
+        sens, spec = interval_at(yk, probs[:, MELANOMA_INDEX], t)
+        print(f"   {name} ({version}): top-label ECE {ece:.3f}; melanoma log loss "
+              f"{log_loss(probs[:, MELANOMA_INDEX], yk):.4f}, mean melanoma probability "
+              f"{probs[:, MELANOMA_INDEX].mean():.3f} for a melanoma share of {yk.mean():.3f}; urgent threshold "
+              f"{t:.4f}: sensitivity {sens.text()}, specificity {spec.text()} "
+              f"({int(yk.sum())} melanomas, {int((~yk).sum())} others)")
+
+
+def report_line(settings: Settings, job_id: str) -> str:
+    """The calibration line of the PDF report of ``job_id`` (pdftotext)."""
+    import subprocess
+
+    pdf = next(settings.reports_dir.rglob(f"*{job_id}*.pdf"))
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True)
+                    .stdout.split())
+    start = text.find("Calibration:")
+    end = text.find("Thresholds of this model version", start)
+    return text[start:end].strip() if start >= 0 else "(no calibration line)"
+
+
+def command(home: Path, *args: str, only: tuple[str, ...] = ()) -> tuple[int, str]:
+    """``melanoma-triage ARGS --home HOME`` as a subprocess; (exit code, stdout). ``only``:
+    print just the lines that start with one of these."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "worker", *args, "--home", str(home)]
+    print("   $ melanoma-triage " + " ".join(args[:1] + tuple(
+        f"'{a}'" if " " in a else a for a in args[1:])) + f" --home {home}")
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    for line in done.stdout.splitlines():
+        if not only or line.lstrip().startswith(only):
+            print("   " + line)
+    if done.returncode and done.stderr:
+        print("   stderr: " + done.stderr.strip().splitlines()[-1])
+    return done.returncode, done.stdout
+
+
+def subsample(cases: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """A random ``limit`` of the cases (all when None): the same case mix, fewer images."""
+    if limit is None or limit >= len(cases):
+        return cases
+    return random.Random(seed).sample(cases, limit)
 
 
 def main() -> None:
@@ -153,25 +226,31 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--home", type=Path, default=None, help="throw-away home (default: a temp folder)")
     ap.add_argument("--baseline", type=int, default=200, help="unchanged images first (0: none)")
+    ap.add_argument("--limit-a", type=int, default=None, help="images of half A (default: all)")
+    ap.add_argument("--limit-b", type=int, default=None, help="images of half B (default: all)")
+    ap.add_argument("--sensitivity", type=float, default=0.95, help="the operating point the site chooses")
+    ap.add_argument("--blur", type=float, default=0.0, help="soft optics: Gaussian blur radius (px)")
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="   log %(levelname)s %(name)s: %(message)s")
     logging.getLogger("worker.jobs.pipeline").setLevel(logging.WARNING)
 
+    BLUR["radius"] = args.blur
     home = args.home or Path(tempfile.mkdtemp(prefix="site-sim-"))
     settings = Settings(home=home)
     from worker.process.home import prepare
 
     prepare(settings)
-    store = ModelStore(settings.model_store_dir)
+    store = ModelStore(settings.model_store_dir, export=ensure_export)
     base = store.current_version()
     cases = test_split_cases(args.data, ModelStore(shipped_store_root()).version_dir(base))
     a, b = halves(cases, args.seed)
+    a, b = subsample(a, args.limit_a, args.seed), subsample(b, args.limit_b, args.seed + 1)
     print(f"home {home}; model {base}; HAM10000 test split: {len(cases)} images "
           f"-> half A {len(a)} ({sum(c['diagnosis'] == MELANOMA for c in a)} melanomas), "
           f"half B {len(b)} ({sum(c['diagnosis'] == MELANOMA for c in b)} melanomas)")
-    print(f"camera: gains {GAINS}, gamma {GAMMA}, vignette {VIGNETTE}, JPEG 85")
+    print(f"camera: gains {GAINS}, gamma {GAMMA}, vignette {VIGNETTE}, blur {args.blur} px, JPEG 85")
     rt = build_runtime(settings, send=lambda job_id: None)
     try:
         if args.baseline:
@@ -190,27 +269,27 @@ def main() -> None:
         print(f"   confirmed diagnoses of half A recorded; `metrics` for {base}: urgent sensitivity "
               f"{m['sensitivity']}, specificity {m['specificity']}")
 
-        print("\n2. melanoma-triage calibrate")
-        with rt.sessions() as s:
-            found = site.gather_cases(s, store, base)
-        proposal = site.propose(found, store.metadata(base))
-        for line in site.format_proposal(proposal):
-            print("   " + line)
-        if not proposal.passed:
+        print("\n2. calibrate")
+        command(home, "calibrate", "--dry-run")
+        print()
+        command(home, "calibrate", "--dry-run", "--no-recalibrate", only=("probabilities", "calibration error", "gate",
+                                                                           "- "))
+        print()
+        rc, out = command(home, "calibrate", "--sensitivity", f"{args.sensitivity}", "--by", "Dr Site Lead",
+                          "--reason", "simulation: the site's governance board")
+        if rc != 0:
             print("   the gate refused: nothing promoted")
             return
-        # The monitor's new reference: this site's own traffic (half A), under the new thresholds.
-        reference = shift.traffic_reference(rt.sessions, site.equivalent_versions(store, base), "(this site)",
-                                            proposal.thresholds, n=len(jobs_a))
-        added = site.write_version(store, proposal, "benchmarks/simulate_site.py", home / "calibration", reference)
+        added = out.strip().splitlines()[-1]
         change = admin.promote(store, rt.sessions, added, "simulation", "site calibration from half A")
-        print(f"   added and promoted {change.version} (was {change.previous_version})")
+        print(f"   promoted {change.version} (was {change.previous_version})")
 
         print(f"\n3. half B re-coloured ({len(b)} images), served by {added}")
         jobs_b = submit(rt, b, recolour, "site-b")
         show_shift(rt, store, args.window)
-        print("   held-out check on half B (not used to choose the threshold):")
-        held_out(rt, store, jobs_b, store.metadata(base).thresholds.urgent_melanoma, proposal.thresholds.urgent_melanoma)
+        print("   held-out check on half B (not used to fit the recalibration or choose the threshold):")
+        held_out(rt, store, jobs_b, base, added)
+        print(f"   report of {jobs_b[0][0]}: {report_line(settings, jobs_b[0][0])}")
     finally:
         rt.close()
 

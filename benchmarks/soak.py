@@ -1,6 +1,11 @@
 """Soak test (not CI): many images through 2 Celery workers killed at random times.
 
     .venv/bin/python benchmarks/soak.py [--n 10000] [--rate 2] [--kill-every 60] [--seed 1]
+    .venv/bin/python benchmarks/soak.py --embedded [--n 300] [--rate 1] [--idle-kills 10] \
+        [--busy-kills 10] [--main-kills 3] [--door-kills 4]
+
+``--embedded`` soaks ``melanoma-triage run --home H`` itself (SQLite, filesystem broker,
+the supervisor, the doors): see :func:`soak_embedded`.
 
 Real services, as in production: a fresh PostgreSQL database (TRIAGE_TEST_POSTGRES_URL,
 default the local server), a private redis-server with its append-only file, two triage
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import statistics
@@ -29,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,6 +105,12 @@ def _feed(settings, n: int, rate: float, seed: int) -> float:
     return time.monotonic() - t0
 
 
+def _ts(value) -> datetime:
+    """A timestamp as a naive UTC datetime (SQLite hands raw text queries strings)."""
+    value = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return value.replace(tzinfo=None)
+
+
 def _ledger(url: str, reports_dir: Path) -> dict:
     """Lost and duplicated results, latency and attempts, from the database and the disk."""
     engine = create_engine(url)
@@ -108,7 +121,7 @@ def _ledger(url: str, reports_dir: Path) -> dict:
             text("SELECT job_id FROM predictions WHERE NOT shadow")))
     engine.dispose()
     pdfs = Counter(p.name.rsplit("_", 1)[-1].removesuffix(".pdf") for p in reports_dir.glob("*.pdf"))
-    latency = sorted((j.finished_at - j.created_at).total_seconds() for j in jobs if j.finished_at)
+    latency = sorted((_ts(j.finished_at) - _ts(j.created_at)).total_seconds() for j in jobs if j.finished_at)
     return {
         "jobs": len(jobs),
         "states": dict(Counter(j.state for j in jobs)),
@@ -162,6 +175,149 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
+class EmbeddedKiller(threading.Thread):
+    """Kills in ``run``'s tree, in a shuffled plan: the triage pool child while idle (the
+    feeder paused until no job is queued or running: billiard issue 104's case) and while
+    busy (a large image running), the triage worker's main process, and a door (HTTP or
+    DICOM), ``mean_s`` apart on average."""
+
+    def __init__(self, run, plan: list[str], mean_s: float, rng: random.Random,
+                 feeding: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.run_, self.plan, self.mean_s, self.rng, self.feeding = run, plan, mean_s, rng, feeding
+        self.kills: Counter = Counter()
+        self.failed: Counter = Counter()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for kind in self.plan:
+            if self.stop.wait(self.rng.expovariate(1 / self.mean_s)):
+                return
+            try:
+                getattr(self, f"_{kind}")()
+                self.kills[kind] += 1
+            except Exception as exc:  # noqa: BLE001 - a kill that missed is counted, not fatal
+                self.failed[kind] += 1
+                print(f"  {kind} kill missed: {type(exc).__name__}: {exc}", flush=True)
+            finally:
+                self.feeding.set()
+
+    def _pool_child(self):
+        from tests.faults.services import wait_until
+
+        return wait_until(lambda: self.run_.pool_child("triage"), 120, what="a triage pool child")
+
+    def _idle(self) -> None:
+        from tests.faults.services import wait_until
+
+        self.feeding.clear()  # let the queue drain, then kill the child waiting for work
+        wait_until(lambda: self.run_.count("queued") == 0 and self.run_.count("running") == 0,
+                   600, what="idle")
+        time.sleep(1.0)
+        os.kill(self._pool_child().pid, signal.SIGKILL)
+
+    def _busy(self) -> None:
+        from tests.faults.services import wait_until
+
+        self.run_.drop(jpeg_bytes(lesion_rgb((1400, 1800), seed=self.rng.randrange(10**9))),
+                       f"busy_{self.rng.randrange(10**9)}.jpg")
+        wait_until(lambda: self.run_.count("running") >= 1, 600, 0.02, what="a job running")
+        os.kill(self._pool_child().pid, signal.SIGKILL)
+
+    def _main(self) -> None:
+        main = self.run_.worker_main("triage")
+        os.kill(main.pid, signal.SIGKILL)
+
+    def _door(self) -> None:
+        door = self.run_.child(self.rng.choice(["serve", "receive-dicom"]))
+        os.kill(door.pid, signal.SIGKILL)
+
+
+class DowntimeSampler(threading.Thread):
+    """Every second, each role's health as ``/healthz`` judges it; the longest stretch each
+    role was down (from the first sample that saw it down to the first that saw it up
+    again: at most one sample period too long)."""
+
+    def __init__(self, settings, every_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.every_s = settings, every_s
+        self.stop = threading.Event()
+        self.longest: dict[str, float] = {}
+        self._down_since: dict[str, float] = {}
+
+    def run(self) -> None:
+        from worker.db.engine import make_engine, make_session_factory
+        from worker.process.liveness import role_verdicts
+
+        engine = make_engine(self.settings.database_url)
+        sessions = make_session_factory(engine)
+        try:
+            while not self.stop.wait(self.every_s):
+                try:
+                    verdicts = role_verdicts(self.settings, sessions)
+                except Exception:  # noqa: BLE001 - the database busy for a moment
+                    continue
+                now = time.monotonic()
+                for role, verdict in verdicts.items():
+                    if not verdict.ok:
+                        self._down_since.setdefault(role, now)
+                    elif role in self._down_since:  # down from the first sample that saw it
+                        since = self._down_since.pop(role)  # to the first that did not
+                        self.longest[role] = max(self.longest.get(role, 0.0), now - since)
+        finally:
+            engine.dispose()
+
+
+def soak_embedded(args: argparse.Namespace, work: Path) -> dict:
+    """``run --home`` with both doors, fed through the intake folder at ``--rate``; the
+    kill plan of :class:`EmbeddedKiller`; then every job final, the ledger, and the longest
+    time any role was down (sampled every second)."""
+    from tests.faults.services import EmbeddedRun, free_port
+
+    rng = random.Random(args.seed)
+    home = work / "home"
+    env = {"TRIAGE_HTTP_ENABLED": "true", "TRIAGE_DICOM_ENABLED": "true",
+           "TRIAGE_HTTP_HOST": "127.0.0.1", "TRIAGE_HTTP_PORT": str(free_port()),
+           "TRIAGE_DICOM_HOST": "127.0.0.1", "TRIAGE_DICOM_PORT": str(free_port()),
+           "TRIAGE_POLL_INTERVAL_S": "0.5"}
+    run = EmbeddedRun(home, work / "run.log", env=env).start(ready_timeout=300)
+    settings = make_settings(home)
+    plan = (["idle"] * args.idle_kills + ["busy"] * args.busy_kills + ["main"] * args.main_kills
+            + ["door"] * args.door_kills)
+    rng.shuffle(plan)
+    feeding = threading.Event()
+    feeding.set()
+    killer = EmbeddedKiller(run, plan, args.kill_every, rng, feeding)
+    sampler = DowntimeSampler(settings)
+    t0 = time.monotonic()
+    try:
+        sampler.start()
+        killer.start()
+        fed = 0
+        while fed < args.n or killer.is_alive():
+            feeding.wait()
+            if fed < args.n:
+                run.drop(jpeg_bytes(lesion_rgb((450, 600), seed=args.seed * 1_000_000 + fed)),
+                         f"soak_{fed}.jpg")
+                fed += 1
+            time.sleep(1 / args.rate)
+        wait_all_final(run.url, timeout=900)
+        elapsed = time.monotonic() - t0
+        time.sleep(3)
+        sampler.stop.set()
+        result = _ledger(run.url, home / "reports")
+        alive = run.proc.poll() is None
+    finally:
+        killer.stop.set()
+        sampler.stop.set()
+        code = run.stop()
+    result.update(n=result["jobs"], rate=args.rate, fed_s=round(elapsed), elapsed_s=round(elapsed),
+                  kills=dict(killer.kills), kills_missed=dict(killer.failed), worker_rss_mb=[],
+                  longest_down_s={r: round(v, 1) for r, v in sorted(sampler.longest.items())},
+                  run_alive_until_stopped=alive, run_exit_code=code)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
@@ -170,9 +326,14 @@ def main() -> int:
     parser.add_argument("--rss-every", type=float, default=30.0, help="seconds between memory samples")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--embedded", action="store_true", help="soak `run --home` (see above)")
+    parser.add_argument("--idle-kills", type=int, default=10)
+    parser.add_argument("--busy-kills", type=int, default=10)
+    parser.add_argument("--main-kills", type=int, default=3)
+    parser.add_argument("--door-kills", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        result = soak(args, Path(tmp))
+        result = soak_embedded(args, Path(tmp)) if args.embedded else soak(args, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(f"images {result['n']} at {result['rate']}/s; fed in {result['fed_s']} s, "
@@ -182,7 +343,12 @@ def main() -> int:
     print(f"lost {result['lost']}, duplicated {result['duplicated']}, "
           f"done without report {result['done_without_report']}")
     print(f"latency admission -> final: {result['latency_s']}")
-    print("worker RSS (MiB) over time [s: worker0, worker1]:")
+    if "longest_down_s" in result:
+        print(f"kills missed: {result['kills_missed']}; longest time down per role (s): "
+              f"{result['longest_down_s']}; run alive until stopped: {result['run_alive_until_stopped']} "
+              f"(exit code {result['run_exit_code']})")
+    if result["worker_rss_mb"]:
+        print("worker RSS (MiB) over time [s: worker0, worker1]:")
     for t, values in result["worker_rss_mb"]:
         print(f"  {t:>6} s: {values}")
     return 1 if result["lost"] or result["duplicated"] or result["done_without_report"] else 0

@@ -67,8 +67,68 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Legacy (non-zip) torch.save: element dtype of each storage class the Lite checkpoints use.
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                   "LongStorage": np.int64, "IntStorage": np.int32}
+
+
+def load_legacy_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A legacy (non-zip) ``torch.save`` of a state dict of tensors, read without PyTorch.
+
+    The format: pickled magic number, protocol version and system info, then the object
+    pickle (tensors as ``_rebuild_tensor_v2`` over persistent storage ids), the pickled list of
+    storage keys, and per key an 8-byte element count and the raw little-endian elements.
+    Only the classes a state dict needs are accepted (no arbitrary code runs)."""
+    import collections
+    import pickle
+
+    storages: dict[str, list] = {}
+
+    def rebuild(storage, offset, size, stride, *_rest):
+        return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return rebuild
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return name
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a state dict")
+
+        def persistent_load(self, pid):
+            _, storage_type, key, _location, numel = pid[:5]
+            storages.setdefault(key, [storage_type, numel, None])
+            return key
+
+    with path.open("rb") as fh:
+        for _ in range(3):  # magic number, protocol version, system info
+            pickle.load(fh)
+        obj = Reader(fh).load()
+        keys = pickle.load(fh)
+        for key in keys:
+            storage_type, _numel, _ = storages[key]
+            dtype = np.dtype(_STORAGE_DTYPES[storage_type]).newbyteorder("<")
+            count = int.from_bytes(fh.read(8), "little")
+            storages[key][2] = np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype).copy()
+    out = {}
+    for name, (_, key, offset, size, stride) in obj.items():
+        flat = storages[key][2]
+        itemsize = flat.dtype.itemsize
+        out[name] = np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=size, strides=tuple(s * itemsize for s in stride)).copy()
+    return out
+
+
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
-    import torch
+    try:
+        import torch
+    except ImportError:  # no PyTorch here: read the legacy format directly
+        sd = load_legacy_state_dict(path)
+        if "_conv_stem.weight" not in sd:
+            raise SystemExit(f"{path}: not an efficientnet_pytorch state dict (no _conv_stem.weight)")
+        return sd
 
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(sd, dict) or "_conv_stem.weight" not in sd:

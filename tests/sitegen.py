@@ -100,3 +100,20 @@ def add_calibrated_site(sessions, archive_dir: Path, version: str, thresholds: T
         add_case(sessions, archive_dir, version, thresholds, float(p[i]),
                  diagnosis=MELANOMA if is_mel[i] else "nevus", seed=seed * 100_000 + i)
     return int(is_mel.sum())
+
+
+def add_miscalibrated_site(sessions, archive_dir: Path, version: str, thresholds: TriageThresholds, n: int,
+                           seed: int = 0, beta: tuple[float, float] = (0.6, 1.8), slope: float = 1.0,
+                           shift: float = 2.0) -> int:
+    """``add_calibrated_site``'s cases as a base model miscalibrated at this site reports them:
+    the honest melanoma probability p becomes sigmoid(slope * logit(p) + shift) (by default
+    far too high, as another camera can make it: top-label ECE about 0.13-0.16). The ranking, hence every threshold's sensitivity and
+    specificity, is the honest one's. Returns the melanoma count."""
+    rng = np.random.default_rng(seed)
+    p = np.clip(rng.beta(*beta, n), 1e-4, 1 - 1e-4)
+    is_mel = rng.random(n) < p
+    shown = 1 / (1 + np.exp(-(slope * np.log(p / (1 - p)) + shift)))
+    for i in range(n):
+        add_case(sessions, archive_dir, version, thresholds, float(shown[i]),
+                 diagnosis=MELANOMA if is_mel[i] else "nevus", seed=seed * 100_000 + i)
+    return int(is_mel.sum())

@@ -29,7 +29,8 @@ PACKAGES = ("worker", "schemas")
 #: May import Celery (or kombu) themselves: the app factory, the worker's app, the tasks, the
 #: embedded broker's transport.
 CELERY_MODULES = frozenset({"worker.messaging.celery_app", "worker.messaging.celery_worker",
-                            "worker.messaging.tasks", "worker.messaging.filesystem_transport"})
+                            "worker.messaging.tasks", "worker.messaging.filesystem_transport",
+                            "worker.messaging.prefork_pool"})
 #: Entry points and edge adapters that wire the Celery layer to the outside world (the
 #: command line, the process supervisor, the client API, the hospital doors): they may reach
 #: Celery through the modules above, never import it themselves.

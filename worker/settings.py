@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     delivery_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt")
     delivery_backoff_max_s: float = Field(60.0, ge=0, description="Longest retry delay")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Network timeout of one delivery attempt")
+    # Operations (issue 18): liveness probes of the roles and the group that may read reports.
+    health_probe_interval_s: float = Field(
+        10.0, gt=0, description="run sends each worker role (triage, deliver, maintenance) a no-op "
+        "probe task this often")
+    health_probe_timeout_s: float = Field(
+        60.0, gt=0, description="A role whose probe is not answered within this long is down and is "
+        "restarted by run (longer than a worker's start-up and one image)")
+    data_group: str = Field("", description="A group that may read reports (and the folders up to "
+                            "them); empty: only the service's own user")
     # Intake and reports for people (issue 19).
     settle_seconds: float = Field(
         1.0, ge=0, description="A dropped file whose content is whole (JPEG end marker, PNG IEND, every "

@@ -1,7 +1,7 @@
 """clinician workspace: users, sessions, job reviews, audit trail
 
 Revision ID: 0008
-Revises: 0005 (this branch has no 0006/0007; the agreed chain is 0007 -> 0008)
+Revises: 0006
 Create Date: 2026-12-05 17:10:00.000000
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

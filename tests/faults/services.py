@@ -565,3 +565,122 @@ def _ledger_problems(states, reports, paths, predictions, pdfs, sidecars, allow_
         if job_id not in states:
             problems.append(f"{count} PDF(s) for unknown job {job_id} (orphan reports)")
     return problems
+
+
+# --------------------------------------------------------------------------- embedded run
+
+
+class EmbeddedRun:
+    """``melanoma-triage run --home H`` on the embedded defaults (SQLite, filesystem broker)
+    as a subprocess, with handles on its children: the roles' processes by their Celery
+    hostname or door command, the triage worker's pool child, the jobs table."""
+
+    def __init__(self, home: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.home = Path(home)
+        self.log_path = Path(log_path)
+        self.env = dict(os.environ, TRIAGE_POLL_INTERVAL_S="0.5", TRIAGE_STABLE_SCANS="1",
+                        TRIAGE_STABLE_SECONDS="0", TRIAGE_DICOM_ENABLED="false",
+                        TRIAGE_HTTP_ENABLED="false", TRIAGE_WORKER_CONCURRENCY="1",
+                        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.url = f"sqlite:///{self.home / 'triage.db'}"
+
+    def start(self, ready_timeout: float = 180) -> EmbeddedRun:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([_python(), "-m", "worker", "run", "--home", str(self.home)],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.home.parent, start_new_session=True)
+        wait_until(lambda: self.alive() and self.pool_child("triage"), ready_timeout,
+                   what="run started, triage pool child up")
+        return self
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"run exited with {self.proc and self.proc.returncode}:\n"
+                                 + self.log_text()[-3000:])
+        return True
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def child(self, marker: str):
+        """The child of ``run`` whose command line holds ``marker`` (``--hostname=triage@``,
+        ``serve``, ``receive-dicom``), as a ``psutil.Process``; None if none."""
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if any(marker == a or a.startswith(marker) for a in child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    def worker_main(self, role: str = "triage"):
+        return self.child(f"--hostname={role}@")
+
+    def pool_child(self, role: str = "triage"):
+        import psutil
+
+        main = self.worker_main(role)
+        try:
+            children = main.children() if main is not None else []
+        except psutil.NoSuchProcess:
+            return None
+        return children[0] if children else None
+
+    def drop(self, data: bytes, name: str) -> None:
+        part = self.home / "intake" / f"{name}.part"
+        part.write_bytes(data)
+        part.rename(part.with_suffix(""))
+
+    def query(self, sql: str, **params) -> list:
+        engine = _engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text(sql), params).all()
+        finally:
+            engine.dispose()
+
+    def count(self, state: str) -> int:
+        if not (self.home / "triage.db").exists():
+            return 0
+        return self.query("SELECT count(*) FROM jobs WHERE state = :s", s=state)[0][0]
+
+    def status(self) -> dict:
+        """``melanoma-triage status --json`` of this home."""
+        out = subprocess.run([_python(), "-m", "worker", "status", "--json", "--home", str(self.home)],
+                             env=self.env, capture_output=True, timeout=120)
+        if out.returncode != 0:
+            raise AssertionError(out.stderr.decode(errors="replace")[-2000:])
+        return json.loads(out.stdout)
+
+    def stop(self, timeout: float = 120) -> int | None:
+        """SIGINT (as Ctrl-C), then SIGKILL of whatever of the tree is left."""
+        import psutil
+
+        if self.proc is None:
+            return None
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in tree:
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                p.kill()
+        return self.proc.returncode
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

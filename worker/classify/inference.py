@@ -18,6 +18,7 @@ import numpy as np
 
 from schemas import CLASS_NAMES, MELANOMA, ModelMetadata, PredictionResult
 from worker.classify.preprocess import to_model_input
+from worker.classify.recalibration import Recalibration, load_recalibration
 from worker.classify.runtime_litert import LiteRTModel
 from worker.classify.triage import decide, named_class
 from worker.errors import ModelNotAvailable
@@ -95,10 +96,12 @@ class Classifier:
     Keras in the process, ~0.1 s to load, ~90 MB resident. The export is made when the
     version is added to the store (``worker.classify.export``); a version from before that
     is exported on first load when TensorFlow is installed, else refused with the command
-    that fixes it.
+    that fixes it. A site version's ``recalibration`` (``worker.classify.recalibration``) is
+    applied after the temperature: its thresholds are on those probabilities.
     """
 
-    def __init__(self, model: LiteRTModel, metadata: ModelMetadata) -> None:
+    def __init__(self, model: LiteRTModel, metadata: ModelMetadata,
+                 recalibration: Recalibration | None = None) -> None:
         if list(metadata.class_names) != list(CLASS_NAMES):
             raise ModelNotAvailable(
                 f"model {metadata.version} class order {metadata.class_names} != {list(CLASS_NAMES)}")
@@ -110,16 +113,19 @@ class Classifier:
         self.metadata = metadata
         self.version = metadata.version
         self.input_size = metadata.input_size
+        self.recalibration = recalibration
         self._model = model
 
     @classmethod
     def from_store(cls, store: ModelStore, version: str | None = None, threads: int = 1,
-                   allow_export: bool = True) -> Classifier:
+                   allow_export: bool = True, site_recalibration: bool = True) -> Classifier:
         """Load ``version`` (default: the store's current).
 
         The export's sha256 is checked, and its record names the sha256 of the Keras file in
         ``model.json``, so a worker never serves some other model. ``allow_export=False``
         (a worker warming up within Celery's start-up limit) refuses rather than converts.
+        ``site_recalibration=False``: the weights' own probabilities, without the version's
+        ``recalibration.json`` (what a new site calibration is fitted on).
         """
         from worker.classify.export import ensure_export, tensorflow_installed
 
@@ -137,7 +143,7 @@ class Classifier:
             donors = [store.version_dir(v) for v in store.list_versions() if v != version]
             ensure_export(vdir, metadata.sha256, donors)
             model = LiteRTModel.from_version_dir(vdir, metadata.sha256, num_threads=threads)
-        return cls(model, metadata)
+        return cls(model, metadata, load_recalibration(vdir) if site_recalibration else None)
 
     def warm_up(self) -> None:
         """XNNPACK packs its weights on the first call: pay that before the first image."""
@@ -147,9 +153,23 @@ class Classifier:
         """One image of any size: resized to the model's input, one interpreter call."""
         return self._model.logits(to_model_input(rgb, self.input_size)[None])[0]
 
+    @property
+    def calibration_note(self) -> str:
+        """Which calibration the probabilities use, for the report."""
+        if self.recalibration is not None:
+            return self.recalibration.note(self.version)
+        site = self.metadata.metrics.get("site")  # a site version that kept the model's probabilities
+        if isinstance(site, dict) and "counts" in site and "created_at" in site:
+            return (f"{self.version}, thresholds calibrated on {site['counts'].get('used')} confirmed cases of "
+                    f"this site ({str(site['created_at'])[:10]}); probabilities as trained")
+        return f"{self.version}, as trained (temperature fitted on its validation split)"
+
     def probabilities(self, rgb: np.ndarray) -> dict[str, float]:
-        """Calibrated softmax(logits / T), keyed by class name in CLASS_NAMES order."""
+        """Calibrated softmax(logits / T), recalibrated for the site when the version is a
+        site version; keyed by class name in CLASS_NAMES order."""
         p = softmax_t(self.logits(rgb), self.metadata.temperature)
+        if self.recalibration is not None:
+            p = self.recalibration.apply(p)
         return {name: float(v) for name, v in zip(CLASS_NAMES, p)}
 
     def predict(self, rgb: np.ndarray, usable_image: bool = True, path: str | None = None) -> PredictionResult:

@@ -162,16 +162,21 @@ def reconcile(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def init(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Create the folders, migrate the database and seed the model store (idempotent)."""
+    """Create the folders, migrate the database and seed the model store (idempotent);
+    take world access off an existing home and say what changed."""
+    from worker.process.at_rest import apply_data_group, tighten_home
     from worker.process.home import prepare
     from worker.store.versions import ModelStore
 
     settings = settings_for(home)
     prepare(settings)
+    changed = tighten_home(settings) + apply_data_group(settings)
     current = ModelStore(settings.model_store_dir).current_version()
     if as_json:
-        emit_json({"home": str(settings.home), "model_version": current})
+        emit_json({"home": str(settings.home), "model_version": current, "permissions_changed": changed})
     else:
+        for line in changed:
+            typer.echo(f"tightened: {line}")
         typer.echo(f"ready: home {settings.home}, model {current or 'none'}")
 
 
@@ -224,6 +229,7 @@ def db_migrate_to(url: Annotated[str, typer.Argument(help="PostgreSQL URL, e.g. 
 
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
+    from worker.calibration.adapt_cli import register as register_adapt
     from worker.calibration.cli import register as register_calibration
     from worker.cli.jobs import app as jobs_app
     from worker.doors.cli import register as register_doors
@@ -243,15 +249,18 @@ def _register_command_groups() -> None:
     register_workspace(app)  # users create|list|disable|reset-password, audit list
     app.add_typer(jobs_app, name="jobs")  # jobs list|show
     app.add_typer(retention_app, name="retention")  # retention purge
+    register_adapt(app)  # adapt
 
 
 _register_command_groups()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m worker``: every door and CLI process)."""
     from worker.imaging.dicom import quiet_pydicom
+    from worker.process.at_rest import apply_umask
 
+    apply_umask()  # before any file: no world access to patient data (issue 18)
     quiet_pydicom()
     app()
 

@@ -31,13 +31,17 @@ def queue_depth(settings: Settings, queue: str = TRIAGE_QUEUE) -> int | None:
 
 
 def collect_status(settings: Settings) -> dict:
-    """Job counts, queue depth, triage counts and the current model of one home."""
+    """Job counts, queue depth, triage counts, the current model and each role's health."""
+    from worker.process.liveness import role_verdicts
+
     engine = make_engine(settings.database_url)
     try:
-        with make_session_factory(engine)() as s:
+        sessions = make_session_factory(engine)
+        with sessions() as s:
             states = jobs.counts_by_state(s)
             triage = jobs.counts_by_triage(s)
             delivered = delivery_status(s)  # counts by state and the newest dead letters
+        roles = {role: v.as_dict() for role, v in role_verdicts(settings, sessions).items()}
     finally:
         engine.dispose()
     return {
@@ -46,6 +50,7 @@ def collect_status(settings: Settings) -> dict:
         "triage": triage,
         "model_version": ModelStore(settings.model_store_dir).current_version(),
         "home": str(settings.home),
+        "roles": roles,
         "shift": status_summary(settings.database_url, settings.model_store_dir),
         **delivered,
     }
@@ -59,6 +64,11 @@ def format_status(info: dict) -> str:
     lines.append("Reports by triage level:")
     lines += [f"  {level.value:<13} {info['triage'].get(level.value, 0)}" for level in TriageLevel]
     lines.append(f"Current model version: {info['model_version'] or 'none'}")
+    lines.append("Roles (as melanoma-triage run last saw them):" if info["roles"]
+                 else "Roles: none recorded (melanoma-triage run has not run on this home)")
+    for role, health in info["roles"].items():
+        restarts = f", {health['restarts']} restart(s)" if health["restarts"] else ""
+        lines.append(f"  {role:<12} {'up' if health['ok'] else 'DOWN':<5} {health['detail']}{restarts}")
     lines.append(format_delivery_status(info))
     lines += format_lines(info["shift"])
     return "\n".join(lines)

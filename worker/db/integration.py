@@ -34,6 +34,9 @@ class DicomInstance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The rejected job this UID was first recorded against, when a later complete instance
+    #: with the same UID became this (new) job (migration 0006).
+    previous_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
 
 
 class ApiToken(Base):
@@ -45,6 +48,18 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    #: submit | read | admin (``worker.doors.tokens.Scope``); tokens made before scopes: admin.
+    scope: Mapped[str] = mapped_column(String(16), default="submit", server_default="admin")
+
+
+class JobOwner(Base):
+    """Which token submitted a job over HTTP: a ``submit`` token reads only these jobs."""
+
+    __tablename__ = "job_owners"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    token_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -68,20 +69,33 @@ def receive_dicom(home: HomeOption = None) -> None:
         intake.close()
 
 
+class ScopeChoice(str, Enum):
+    submit = "submit"
+    read = "read"
+    admin = "admin"
+
+
 @tokens_app.command("create")
-def tokens_create(name: NameArgument, home: HomeOption = None) -> None:
+def tokens_create(
+    name: NameArgument,
+    scope: Annotated[ScopeChoice, typer.Option(
+        "--scope", help="submit: submit images and read only its own jobs; read: read every "
+        "job; admin: both")] = ScopeChoice.submit,
+    home: HomeOption = None,
+) -> None:
     """Create a token; it is printed once, alone on the last line, and never shown again."""
     from worker.doors.tokens import TokenError, create_token
 
     settings = _migrated(home)
     engine, sessions = _sessions(settings)
     try:
-        token = create_token(sessions, name)
+        token = create_token(sessions, name, scope.value)
     except TokenError as exc:
         fail(str(exc))
     finally:
         engine.dispose()
-    note(f"token for {name!r} (send it as 'Authorization: Bearer <token>'; it is not shown again):")
+    note(f"{scope.value} token for {name!r} (send it as 'Authorization: Bearer <token>'; "
+         "it is not shown again):")
     typer.echo(token)
 
 
@@ -113,14 +127,14 @@ def tokens_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     finally:
         engine.dispose()
     if as_json:
-        emit_json([{"name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at,
-                    "active": t.active} for t in tokens])
+        emit_json([{"name": t.name, "scope": t.scope.value, "created_at": t.created_at,
+                    "revoked_at": t.revoked_at, "active": t.active} for t in tokens])
         return
     if not tokens:
         typer.echo("no tokens")
     for t in tokens:
         state = "active" if t.active else f"revoked {t.revoked_at:%Y-%m-%d %H:%M}"
-        typer.echo(f"{t.name:<32} created {t.created_at:%Y-%m-%d %H:%M}  {state}")
+        typer.echo(f"{t.name:<32} {t.scope.value:<6} created {t.created_at:%Y-%m-%d %H:%M}  {state}")
 
 
 def register(app: typer.Typer) -> None:

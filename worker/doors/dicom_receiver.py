@@ -13,12 +13,21 @@ Statuses:
   ``max_backlog``, and for an instance over ``max_file_bytes`` (recorded as rejected);
 * ``0xA701`` when storing failed for a reason of ours (database down): try again later;
 * ``0xA900`` when the data set's SOP Class UID is not the presentation context's;
-* ``0xC000`` when the data set cannot be parsed or lacks its SOP UIDs, and for an
-  instance whose job is rejected (the error comment names the reason code).
+* ``0xC000`` when the data set cannot be parsed or lacks its SOP UIDs; when its image
+  cannot be decoded (a truncated instance, undecodable pixel data: recorded as a rejected
+  job with the decoder's reason, e.g. ``truncated``); and for an instance whose job is
+  rejected (the error comment names the reason code).
 
 A re-sent SOP Instance UID is the same job even when its bytes differ (another transfer
 syntax, coerced tags): ``dicom_instances`` maps UIDs to jobs from the moment of
-admission, ``images.sop_instance_uid`` once the worker has read the file.
+admission, ``images.sop_instance_uid`` once the worker has read the file. A UID whose job
+was *rejected* (a truncated first try) does not hold later tries back: the next instance
+with that UID is admitted as a job of its own and ``dicom_instances`` links it to the
+rejected one (``previous_job_id``).
+
+Associations: the called AE title must be ours (``dicom_ae_title``); the calling one, one
+of ``dicom_allowed_calling_aets`` when that is set; at most ``dicom_max_associations`` at
+once.
 """
 
 from __future__ import annotations
@@ -39,10 +48,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from schemas import JobState, RejectionReason, SourceDoor
+from worker.errors import InputRejected
 from worker.db.integration import DicomInstance
 from worker.db.models import Image, Job, Submission
 from worker.doors.capacity import refusal
+from worker.imaging.decode import decode_bytes
 from worker.imaging.dicom import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
+from worker.imaging.limits import DecodeLimits
 from worker.intake.admission import Intake
 from worker.settings import Settings
 
@@ -72,6 +84,7 @@ def build_ae(settings: Settings) -> AE:
     for sop_class in ACCEPTED_SOP_CLASSES:  # 77.1.7 is not in pynetdicom's defaults
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.require_calling_aet = allowed_calling_aets(settings)
+    ae.require_called_aet = True  # an association addressed to another AE is rejected
     ae.maximum_associations = settings.dicom_max_associations
     ae.acse_timeout = settings.dicom_acse_timeout_s
     ae.dimse_timeout = settings.dicom_dimse_timeout_s
@@ -129,21 +142,33 @@ class StoreHandler:
         with lock:  # one admission per SOP Instance UID at a time in this receiver
             return self._admit(instance, _calling_ae(event))
 
+    def _undecodable(self, instance: _Instance) -> InputRejected | None:
+        """Why the worker would reject this image (truncated, undecodable), found at the door
+        so the sender hears it now; None when it decodes."""
+        limits = DecodeLimits(max_bytes=self.settings.max_file_bytes,
+                              max_pixels=self.settings.max_image_pixels)
+        try:
+            decode_bytes(instance.data, limits)
+        except InputRejected as exc:
+            if exc.code == RejectionReason.TOO_LARGE_FILE:
+                return None  # recorded by the admission with its own status (0xA700)
+            return exc
+        return None
+
     def _admit(self, instance: _Instance, calling_ae: str | None) -> Dataset:
-        existing = self._resent(instance)
+        existing, previous = self._resent(instance)
         if existing is not None:
             log.info("C-STORE from %s: re-sent instance recorded against job %s",
                      calling_ae, existing[0])
             return _answer(*existing)
-        admission = self.intake.admit_bytes(instance.data, SourceDoor.DICOM,
-                                            original_name=f"{instance.sop_instance_uid}.dcm")
-        try:
-            with self.intake.sessions.begin() as s:
-                s.add(DicomInstance(sop_instance_uid=instance.sop_instance_uid,
-                                    job_id=admission.job_id, sop_class_uid=instance.sop_class_uid,
-                                    calling_ae_title=calling_ae))
-        except IntegrityError:  # another receiver process admitted this UID meanwhile
-            log.warning("job %s: SOP instance already mapped by another receiver", admission.job_id)
+        name = f"{instance.sop_instance_uid}.dcm"
+        rejected = self._undecodable(instance)
+        if rejected is not None:
+            admission = self.intake.reject_unread(None, SourceDoor.DICOM, name, rejected.code,
+                                                  rejected.reason, size_bytes=len(instance.data))
+        else:
+            admission = self.intake.admit_bytes(instance.data, SourceDoor.DICOM, original_name=name)
+        self._map(instance, admission.job_id, calling_ae, previous)
         code = None
         if admission.state == JobState.REJECTED:
             with self.intake.sessions() as s:
@@ -151,8 +176,30 @@ class StoreHandler:
         log.info("C-STORE from %s: job %s %s", calling_ae, admission.job_id, admission.state.value)
         return _answer(admission.job_id, admission.state, code)
 
-    def _resent(self, instance: _Instance) -> tuple[str, JobState, str | None] | None:
-        """The job of an instance already received; the re-send is recorded as a duplicate."""
+    def _map(self, instance: _Instance, job_id: str, calling_ae: str | None,
+             previous: str | None) -> None:
+        """UID -> job in ``dicom_instances``; a UID that was a rejected job's now points at
+        this job and keeps the rejected one as ``previous_job_id``."""
+        uid = instance.sop_instance_uid
+        try:
+            with self.intake.sessions.begin() as s:
+                row = s.get(DicomInstance, uid)
+                if row is None:
+                    s.add(DicomInstance(sop_instance_uid=uid, job_id=job_id,
+                                        sop_class_uid=instance.sop_class_uid,
+                                        calling_ae_title=calling_ae, previous_job_id=previous))
+                else:
+                    row.previous_job_id = previous or row.job_id
+                    row.job_id, row.calling_ae_title = job_id, calling_ae
+        except IntegrityError:  # another receiver process admitted this UID meanwhile
+            log.warning("job %s: SOP instance already mapped by another receiver", job_id)
+        if previous is not None:
+            log.info("job %s: complete instance after rejected job %s (same SOP Instance UID)",
+                     job_id, previous)
+
+    def _resent(self, instance: _Instance) -> tuple[tuple[str, JobState, str | None] | None, str | None]:
+        """(the job of an instance already received, recorded as a duplicate submission, or
+        None; the rejected job a UID had, which a new try does not count as a re-send of)."""
         uid = instance.sop_instance_uid
         with self.intake.sessions.begin() as s:
             job_id = s.execute(
@@ -161,14 +208,16 @@ class StoreHandler:
             if job_id is None:
                 job_id = s.execute(
                     select(Job.id).join(Image, Job.image_id == Image.id)
-                    .where(Image.sop_instance_uid == uid).order_by(Job.created_at).limit(1)
+                    .where(Image.sop_instance_uid == uid).order_by(Job.created_at.desc()).limit(1)
                 ).scalar_one_or_none()
             if job_id is None:
-                return None
+                return None, None
             job = s.get(Job, job_id)
+            if job.state in (JobState.REJECTED.value, JobState.FAILED.value):
+                return None, job.id  # a failed try: the new instance gets its own chance
             s.add(Submission(job_id=job_id, door=SourceDoor.DICOM.value,
                              original_name=f"{uid}.dcm", duplicate=True))
-            return job.id, JobState(job.state), job.error_code
+            return (job.id, JobState(job.state), job.error_code), None
 
 
 def _answer(job_id: str, state: JobState, error_code: str | None) -> Dataset:

@@ -11,6 +11,8 @@ Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
 * ``GET /healthz`` and ``GET /metrics``: no token, no patient data.
 
 Every ``/v1`` route needs ``Authorization: Bearer <token>`` (``melanoma-triage tokens``).
+A ``submit`` token submits and reads only its own jobs (another job is 404 to it); a
+``read`` token reads every job and submits none (403); an ``admin`` token does both.
 An upload larger than ``max_file_bytes`` is refused with 413 before it is read to the end,
 so it is not archived or recorded: we never held the image.
 """
@@ -45,7 +47,7 @@ from worker.doors.capacity import refusal
 from worker.doors.health import check_health
 from worker.doors.job_view import job_links, job_view
 from worker.doors.metrics import render_metrics
-from worker.doors.tokens import verify_token
+from worker.doors.tokens import Caller, may_read, record_owner, verify_caller
 from worker.intake.admission import Intake
 from worker.settings import Settings
 from worker.storage.blobs import is_db_location, read_location
@@ -193,6 +195,30 @@ def report_response(location: str, job_id: str, bind) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.pdf"'})
 
 
+def _token_checks(door: HttpDoor, bearer: HTTPBearer):
+    """The route dependencies of the token scopes: ``submitter`` (a token that may submit:
+    its name) and ``job_reader`` (a token that may read the path's job)."""
+
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+        found = verify_caller(door.sessions, credentials.credentials) if credentials else None
+        if found is None:
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def submitter(who: Caller = Depends(caller)) -> str:
+        if not who.scope.may_submit:
+            raise HTTPException(403, f"a {who.scope.value} token cannot submit images")
+        return who.name
+
+    def job_reader(job_id: str, who: Caller = Depends(caller)) -> Caller:
+        if not may_read(door.sessions, who, job_id):  # 404, not 403: no probing for job ids
+            raise HTTPException(404, "no such job")
+        return who
+
+    return submitter, job_reader
+
+
 def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
     """The ASGI app; ``intake`` decides where admitted jobs are sent."""
     door = HttpDoor(settings, intake)
@@ -202,12 +228,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
     app.state.door = door
     bearer = HTTPBearer(auto_error=False, description="Token from `melanoma-triage tokens create`")
 
-    def token_name(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-        name = verify_token(door.sessions, credentials.credentials) if credentials else None
-        if name is None:
-            raise HTTPException(401, "a valid bearer token is required",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return name
+    submitter, job_reader = _token_checks(door, bearer)
 
     @app.post("/v1/jobs", status_code=201, openapi_extra={"requestBody": _UPLOAD_BODY},
               responses={200: {"description": "An existing job"}, 409: {"description": "Key reused"},
@@ -215,7 +236,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
                          503: {"description": "Out of disk space or backlog at its limit"}})
     async def submit_job(
         request: Request,
-        name: str = Depends(token_name),
+        name: str = Depends(submitter),
         idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255),
     ) -> JSONResponse:
         """Submit one image; the answer holds its ``job_id``."""
@@ -224,13 +245,15 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
             return upload
         data, metadata, filename = upload
         result = await run_in_threadpool(door.submit, data, metadata, filename, name, idempotency_key)
+        if "job_id" in result.body:
+            await run_in_threadpool(record_owner, door.sessions, result.body["job_id"], name)
         headers = {"Location": job_links(result.body["job_id"])["self"]} if "job_id" in result.body else {}
         if result.status_code == 503:
             headers["Retry-After"] = "60"
         return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
     @app.get("/v1/jobs/{job_id}")
-    def get_job(job_id: str, _: str = Depends(token_name)) -> dict:
+    def get_job(job_id: str, _: Caller = Depends(job_reader)) -> dict:
         """State, times and, once done, triage, probabilities and model version."""
         with door.sessions() as s:
             view = job_view(s, job_id)
@@ -239,7 +262,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return view
 
     @app.get("/v1/jobs/{job_id}/report.pdf", response_class=FileResponse)
-    def get_report(job_id: str, _: str = Depends(token_name)) -> Response:
+    def get_report(job_id: str, _: Caller = Depends(job_reader)) -> Response:
         """The PDF triage report of a done job."""
         with door.sessions() as s:
             job = s.get(Job, job_id)
@@ -250,7 +273,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return report_response(path, job_id, door.sessions.kw["bind"])
 
     @app.get("/v1/jobs/{job_id}/fhir")
-    def get_fhir(job_id: str, _: str = Depends(token_name)) -> JSONResponse:
+    def get_fhir(job_id: str, _: Caller = Depends(job_reader)) -> JSONResponse:
         """The FHIR R4 Bundle (DiagnosticReport, Observations, Device) of a done job."""
         bundle = fhir_bundle(door, job_id)
         if bundle is None:

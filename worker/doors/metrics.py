@@ -89,11 +89,35 @@ class JobsCollector(Collector):
                     latency.add_metric([stage, str(q)], float(v))
         yield latency
         yield samples
+        yield from self._health()
         version = ModelStore(self.settings.model_store_dir).current_version()
         model = GaugeMetricFamily("triage_model_info", "Current model version", labels=["version"])
         if version:
             model.add_metric([version], 1)
         yield model
+
+
+    def _health(self):
+        """Per role up (1) or down (0) and restarts, as ``/healthz`` judges them; free bytes
+        per data folder."""
+        from worker.doors.health import free_space
+        from worker.process.liveness import role_verdicts
+
+        up = GaugeMetricFamily("triage_role_up", "1 when the role is up (process running, "
+                               "liveness probe answered in time)", labels=["role"])
+        restarts = CounterMetricFamily("triage_role_restarts", "Restarts of the role's process by run",
+                                       labels=["role"])
+        for role, verdict in role_verdicts(self.settings, self.sessions).items():
+            up.add_metric([role], 1 if verdict.ok else 0)
+            restarts.add_metric([role], verdict.restarts)
+        yield up
+        yield restarts
+        free = GaugeMetricFamily("triage_disk_free_bytes", "Free bytes where the service writes",
+                                 labels=["folder"])
+        for folder, check in free_space(self.settings).items():
+            if "free_bytes" in check:
+                free.add_metric([folder], check["free_bytes"])
+        yield free
 
 
 def render_metrics(settings: Settings, sessions: sessionmaker[Session]) -> bytes:

@@ -90,6 +90,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             predicted_class=result.predicted_class,
             timezone=settings.timezone,
             referral_wording=referral_wording(result.triage, settings.referral_wording),
+            calibration_note=classifier.calibration_note,
         ),
         pending,
         private=True,  # fsynced there; storage.place_report puts it into place durably

@@ -13,15 +13,18 @@ from celery import Celery
 from celery.schedules import crontab
 
 from worker.messaging.queues import (
+    BEAT_TICK_TASK,
     DELIVER_QUEUE,
     DELIVER_TASK,
     MAINTENANCE_QUEUE,
+    PROBE_TASK,
     PROCESS_TASK,
     RECONCILE_TASK,
     REDELIVER_TASK,
     RETRAIN_QUEUE,
     RETRAIN_TASK,
     TRIAGE_QUEUE,
+    probe_queue,
 )
 from worker.messaging.filesystem_transport import Transport as FilesystemTransport
 from worker.messaging.filesystem_broker import prepare_control_folder
@@ -59,7 +62,8 @@ def _transport_options(settings: Settings) -> dict:
 
 
 #: Queues whose exchange files the embedded broker needs before any process binds them.
-QUEUES = (TRIAGE_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, DELIVER_QUEUE)
+QUEUES = (TRIAGE_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, DELIVER_QUEUE,
+          *(probe_queue(role) for role in (TRIAGE_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)))
 
 
 def create_app(settings: Settings) -> Celery:
@@ -92,6 +96,8 @@ def create_app(settings: Settings) -> Celery:
                      DELIVER_TASK: {"queue": DELIVER_QUEUE},
                      REDELIVER_TASK: {"queue": MAINTENANCE_QUEUE}},
         worker_hijack_root_logger=False,
+        # --pool=prefork runs this: a child killed idle no longer stalls the worker.
+        worker_pool="worker.messaging.prefork_pool:TaskPool",
         beat_schedule={
             # Its own queue, so it never waits behind a backlog; a pass that could not run
             # within two periods (no worker up) expires instead of piling up.
@@ -105,6 +111,10 @@ def create_app(settings: Settings) -> Celery:
             "redeliver-results": {"task": REDELIVER_TASK, "schedule": settings.reconcile_interval_s,
                                   "options": {"queue": MAINTENANCE_QUEUE,
                                               "expires": settings.reconcile_interval_s}},
+            # Beat's liveness: the maintenance worker records each tick (role_health "beat").
+            "beat-tick": {"task": BEAT_TICK_TASK, "schedule": settings.reconcile_interval_s,
+                          "options": {"queue": MAINTENANCE_QUEUE,
+                                      "expires": settings.reconcile_interval_s}},
         },
         timezone="UTC",
     )
@@ -128,6 +138,17 @@ def deliver_sender(app: Celery, expires_s: float | None = None) -> Callable[[str
 
     def send(job_id: str) -> None:
         app.send_task(DELIVER_TASK, args=[job_id], queue=DELIVER_QUEUE, expires=expires_s)
+
+    return send
+
+
+def probe_sender(app: Celery, expires_s: float) -> Callable[[str, str], None]:
+    """The ``send(role, probe_id)`` of the liveness prober: one no-op task on the role's
+    own probe queue; dropped unread once it is ``expires_s`` old (a dead role's probes do
+    not pile up)."""
+
+    def send(role: str, probe_id: str) -> None:
+        app.send_task(PROBE_TASK, args=[role, probe_id], queue=probe_queue(role), expires=expires_s)
 
     return send
 

@@ -24,6 +24,9 @@ def create_worker_app(settings: Settings) -> Celery:
 
 @cache
 def _app_from_environment() -> Celery:
+    from worker.process.at_rest import apply_umask
+
+    apply_umask()  # a worker or beat started on its own (compose): before its first file
     return create_worker_app(Settings())
 
 

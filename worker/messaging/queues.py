@@ -13,3 +13,13 @@ RECONCILE_TASK = "triage.reconcile"
 RETRAIN_TASK = "triage.retrain"
 DELIVER_TASK = "triage.deliver"
 REDELIVER_TASK = "triage.redeliver"
+#: Liveness probes (``worker.process.liveness``): a no-op task on a queue of each worker
+#: role's own, so the answer proves that this role's worker takes and runs tasks.
+PROBE_TASK = "triage.probe"
+#: Beat's own liveness: a tick every reconcile period, recorded by the maintenance worker.
+BEAT_TICK_TASK = "triage.beat_tick"
+
+
+def probe_queue(role: str) -> str:
+    """The queue only ``role``'s worker consumes probes from (``probe.triage`` ...)."""
+    return f"probe.{role}"

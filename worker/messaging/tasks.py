@@ -26,8 +26,9 @@ from worker.db.models import Job
 from worker.errors import TransientError
 from worker.jobs.heartbeat import LeaseLost
 from worker.intake.rejections import describe_exception, record_rejection
-from worker.messaging.queues import (DELIVER_TASK, PROCESS_TASK, RECONCILE_TASK, REDELIVER_TASK,
-                           RETRAIN_TASK, TRIAGE_QUEUE)
+from worker.db import role_health
+from worker.messaging.queues import (BEAT_TICK_TASK, DELIVER_TASK, PROBE_TASK, PROCESS_TASK,
+                                     RECONCILE_TASK, REDELIVER_TASK, RETRAIN_TASK, TRIAGE_QUEUE)
 from worker.results import redelivery
 from worker.results.delivery import deliver_results
 from worker.jobs.runtime import Runtime, build_runtime
@@ -165,6 +166,19 @@ def reconcile(task: Task) -> int:
     )
 
 
+def probe(task: Task, role: str, probe_id: str) -> str:
+    """A liveness probe (``worker.process.liveness``): record the answer, nothing else. It ran
+    through this role's broker queue and pool, so the answer proves both take work."""
+    role_health.record_answer(runtime_for(task.app).sessions, role, probe_id)
+    return probe_id
+
+
+def beat_tick(task: Task) -> str:
+    """Beat's periodic tick arrived: beat is alive and sending on schedule."""
+    role_health.record_answer(runtime_for(task.app).sessions, role_health.BEAT, "tick")
+    return "tick"
+
+
 def retrain(task: Task, trigger: str = "schedule") -> str:
     """Runs on the "retrain" queue, at most once per message.
 
@@ -199,6 +213,8 @@ def register_tasks(app: Celery) -> None:
              retry_backoff=2, retry_backoff_max=300, retry_jitter=True, max_retries=8,
              time_limit=deliver_limit, soft_time_limit=deliver_limit - 30)(deliver)
     app.task(name=REDELIVER_TASK, bind=True, shared=False)(redeliver)
+    app.task(name=PROBE_TASK, bind=True, shared=False, acks_late=False)(probe)
+    app.task(name=BEAT_TICK_TASK, bind=True, shared=False, acks_late=False)(beat_tick)
     limit = app.triage_settings.retrain_time_limit_s
     app.task(name=RETRAIN_TASK, bind=True, shared=False, time_limit=limit,
              soft_time_limit=max(30, limit - 300), acks_late=False,

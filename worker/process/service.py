@@ -1,7 +1,10 @@
 """``melanoma-triage run``: one process tree on the embedded defaults. The parent watches
-the intake folder and supervises the children (triage, retrain and deliver workers, beat):
-a child that dies is restarted with backoff (``worker.process.supervisor``). The parent never
-imports TensorFlow."""
+the intake folder and supervises the children (triage, maintenance, retrain and deliver
+workers, beat, the doors): a child that dies is restarted with backoff
+(``worker.process.supervisor``), a worker that stops making progress is found by its
+liveness probe (``worker.process.liveness``) and restarted, and what the supervisor sees is
+written to ``role_health`` for ``/healthz``, ``status`` and ``/metrics``. Only a signal
+stops it. The parent never imports TensorFlow."""
 
 from __future__ import annotations
 
@@ -11,16 +14,22 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
-from worker.messaging.celery_app import QUEUES
+from worker.messaging.celery_app import QUEUES, create_app, probe_sender, process_sender
 from worker.client import TriageClient
+from worker.db import role_health
+from worker.db.role_health import PROBED_ROLES
+from worker.process.at_rest import apply_data_group, apply_umask
+from worker.process.liveness import CHILD_ROLES, ROLE_CHILDREN, LivenessProber, resend_oldest_queued
 from worker.messaging.filesystem_broker import prepare_control_folder
 from worker.process.home import prepare
 from worker.intake.watcher import IntakeWatcher
 from worker.messaging.queues import DELIVER_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QUEUE, TRIAGE_QUEUE
 from worker.settings import Settings
 from worker.store.versions import ModelStore
-from worker.process.supervisor import GaveUp, Supervisor
+from worker.messaging.queues import probe_queue
+from worker.process.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +66,25 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", CELERY_APP]
     solo_host = ["--without-mingle", "--without-gossip"] if settings.uses_filesystem_broker else []
     return {
-        # The reconciler's queue beside "triage": it never waits behind a backlog.
+        # Each worker also consumes its own probe queue (worker.process.liveness).
         "worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
                             f"--concurrency={settings.worker_concurrency}",
-                            f"--queues={TRIAGE_QUEUE},{MAINTENANCE_QUEUE}",
+                            f"--queues={TRIAGE_QUEUE},{probe_queue(TRIAGE_QUEUE)}",
                             "--hostname=triage@%h", *solo_host],
+        # The reconciler, the redelivery sweep and beat's tick in a process of their own
+        # (solo: no pool to get stuck): never behind a backlog, nor behind a stuck triage
+        # worker whose jobs it is there to bring back.
+        "maintenance-worker": celery + ["worker", "--loglevel=INFO", "--pool=solo",
+                                        f"--queues={MAINTENANCE_QUEUE},{probe_queue(MAINTENANCE_QUEUE)}",
+                                        "--hostname=maintenance@%h", *solo_host],
         # Its own process: an hour of retraining must not hold up triage.
         "retrain-worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
                                     "--concurrency=1", f"--queues={RETRAIN_QUEUE}",
                                     "--hostname=retrain@%h", *solo_host],
         # Results to PACS/FHIR/webhooks wait through retries: never in the triage worker.
         "deliver-worker": celery + ["worker", "--loglevel=INFO", "--pool=prefork",
-                                    "--concurrency=1", f"--queues={DELIVER_QUEUE}",
+                                    "--concurrency=1",
+                                    f"--queues={DELIVER_QUEUE},{probe_queue(DELIVER_QUEUE)}",
                                     "--hostname=deliver@%h", *solo_host],
         "beat": celery + ["beat", "--loglevel=INFO",
                           f"--schedule={settings.home / 'celerybeat-schedule'}"],
@@ -106,9 +122,11 @@ def supervisor_for(settings: Settings) -> Supervisor:
 
 
 def run_service(settings: Settings) -> int:
-    """Prepare the home, start the children, watch the intake folder here; 1 when a child
-    failed too often too fast, 0 after a signal."""
+    """Prepare the home, start the children, watch the intake folder here until a signal
+    (then 0). A child that fails, however often, is restarted and reported, never fatal."""
+    apply_umask()  # before the first file: the children inherit it
     prepare(settings)
+    apply_data_group(settings)
     if ModelStore(settings.model_store_dir).current_version() is None:
         log.error("the model store %s has no current model: train one (melanoma-triage train) "
                   "and promote it (melanoma-triage models promote)", settings.model_store_dir)
@@ -132,21 +150,96 @@ def run_service(settings: Settings) -> int:
           f"  model:    {ModelStore(settings.model_store_dir).current_version()}\n"
           f"{door_banner(settings)}"
           "Press Ctrl-C to stop.", flush=True)
+    health: HealthReporter | None = None
     try:
         with TriageClient(settings) as client:
             watcher = IntakeWatcher(client.intake, settings.intake_dir, settings.stable_scans)
-            return _watch(watcher, supervisor, stop, settings.poll_interval_s)
+            health = HealthReporter(settings, client.intake.sessions, supervisor)
+            return _watch(watcher, supervisor, health, stop, settings.poll_interval_s)
     finally:
         supervisor.stop_all(settings.task_time_limit_s)
+        if health is not None:
+            health.stopped()
         print("melanoma-triage stopped.", flush=True)
+
+
+class HealthReporter:
+    """Writes what the supervisor sees to ``role_health`` and runs the liveness prober;
+    a role whose probe went unanswered is restarted. Every failure here is logged by type
+    and the loop goes on (the database may be away for a while)."""
+
+    REPORT_EVERY_S = 5.0
+
+    def __init__(self, settings: Settings, sessions, supervisor: Supervisor) -> None:
+        self.sessions = sessions
+        self.supervisor = supervisor
+        celery = create_app(settings)
+        self.prober = LivenessProber(settings, sessions,
+                                     probe_sender(celery, expires_s=settings.health_probe_timeout_s))
+        self.send_job = process_sender(celery)
+        self.held_per_worker = 2 * settings.worker_concurrency + 1
+        self.probe_every_s = min(2.0, settings.health_probe_interval_s)
+        self._reported: dict[str, tuple] = {}
+        self._last_report = self._last_probe = float("-inf")
+        self.errors = _ScanErrors(what="health report")
+        try:  # a fresh start: no answer from an earlier run counts, beat's ticks are due
+            names = {c.name for c in supervisor.children}
+            for role in (*PROBED_ROLES, role_health.BEAT):
+                if ROLE_CHILDREN[role] in names:
+                    self.prober.restarted(role)
+        except Exception as exc:  # noqa: BLE001 - the database may be away: tick() retries
+            self.errors.record(exc)
+
+    def tick(self) -> None:
+        try:
+            self._report()
+            if time.monotonic() - self._last_probe >= self.probe_every_s:
+                self._last_probe = time.monotonic()
+                for role, why in self.prober.check().items():
+                    if ROLE_CHILDREN.get(role) in {c.name for c in self.supervisor.children}:
+                        self.supervisor.restart(ROLE_CHILDREN[role], f"{role} is down ({why})")
+                        self.prober.restarted(role)  # and again once it is started
+        except Exception as exc:  # noqa: BLE001 - contained: the next tick tries again
+            self.errors.record(exc)
+
+    def _report(self) -> None:
+        due = time.monotonic() - self._last_report >= self.REPORT_EVERY_S
+        for child, (state, restarts, detail) in self.supervisor.states().items():
+            role = CHILD_ROLES.get(child, child)
+            if restarts > self._reported.get(role, (None, 0))[1]:  # started again since
+                self._after_restart(role)
+            if due or self._reported.get(role) != (state, restarts):
+                role_health.record_process(self.sessions, role, state, restarts, detail)
+                self._reported[role] = (state, restarts)
+        if due:
+            role_health.record_process(self.sessions, role_health.SUPERVISOR, role_health.RUNNING, 0, None)
+            self._last_report = time.monotonic()
+
+    def _after_restart(self, role: str) -> None:
+        """A probe sent to the dead process may have died with it: start probing afresh.
+        A dead triage worker may also have held a fetched message: send the oldest again."""
+        if role in PROBED_ROLES or role == role_health.BEAT:
+            self.prober.restarted(role)
+        if role == "triage":
+            resend_oldest_queued(self.sessions, self.send_job, datetime.now(timezone.utc),
+                                 self.held_per_worker)
+
+    def stopped(self) -> None:
+        try:
+            for role in {*(CHILD_ROLES.get(c.name, c.name) for c in self.supervisor.children),
+                         role_health.SUPERVISOR}:
+                role_health.record_process(self.sessions, role, role_health.STOPPED, 0, "run stopped")
+        except Exception as exc:  # noqa: BLE001 - the database may be the reason we stop
+            log.warning("could not record the stop in role_health (%s)", type(exc).__name__)
 
 
 class _ScanErrors:
     """Logs a failing scan by error type only (a message may hold a patient's file name),
     at most once a minute with the count since: a scan that keeps failing cannot flood."""
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float = 60.0, what: str = "intake scan") -> None:
         self.every_s = every_s
+        self.what = what
         self.count = 0
         self.last_logged = float("-inf")
 
@@ -154,24 +247,22 @@ class _ScanErrors:
         self.count += 1
         now = time.monotonic()
         if now - self.last_logged >= self.every_s:
-            log.error("intake scan failed (%s; %d failure(s) since the last report); the "
-                      "service goes on", type(exc).__name__, self.count)
+            log.error("%s failed (%s; %d failure(s) since the last report); the "
+                      "service goes on", self.what, type(exc).__name__, self.count)
             self.count, self.last_logged = 0, now
 
 
-def _watch(watcher: IntakeWatcher, supervisor: Supervisor, stop: threading.Event,
-           interval_s: float) -> int:
-    """Scan and supervise until stopped. One scan's unexpected error is logged and the
-    loop goes on; only a child that failed too often too fast ends it (exit code 1)."""
+def _watch(watcher: IntakeWatcher, supervisor: Supervisor, health: HealthReporter,
+           stop: threading.Event, interval_s: float) -> int:
+    """Scan, supervise and probe until stopped (a signal). One scan's unexpected error is
+    logged and the loop goes on; no child's failure ends it."""
     errors = _ScanErrors()
     while not stop.is_set():
         try:
             watcher.scan_once()
         except Exception as exc:  # noqa: BLE001 - contained: the next scan tries again
             errors.record(exc)
-        try:
-            supervisor.check()
-        except GaveUp:
-            return 1
+        supervisor.check()
+        health.tick()
         stop.wait(interval_s)
     return 0

@@ -45,6 +45,9 @@ class ReportContent:
     timezone: str = "UTC"
     #: The banner's words for this level (``TRIAGE_REFERRAL_WORDING``); None: the neutral default.
     referral_wording: str | None = None
+    #: Which calibration the percentages use (``Classifier.calibration_note``): the version,
+    #: and for a site version the confirmed cases of the site it was calibrated on.
+    calibration_note: str | None = None
 
     def __post_init__(self) -> None:
         img = self.image_rgb

@@ -481,6 +481,7 @@ def _technical_block(c: ReportContent, st: dict[str, ParagraphStyle]) -> Panel:
 
     lines = [
         f"<b>Model version:</b> {_text(c.model_version)}",
+        *([f"<b>Calibration:</b> {_text(c.calibration_note)}"] if c.calibration_note else []),
         f"<b>Thresholds of this model version:</b> urgent if melanoma \u2265 {percent(th.urgent_melanoma)}"
         f"{perf(th.urgent_sensitivity, th.urgent_specificity)}; soon if BCC + SCC + actinic keratosis \u2265 "
         f"{percent(th.soon_keratinocyte)}{perf(th.soon_sensitivity, th.soon_specificity)}; "

@@ -79,6 +79,9 @@ def train_command(
     augmentation: Augmentation = typer.Option(default("augmentation"),
                                               help="standard, or camera: also white balance, "
                                                    "exposure, blur, dermoscope borders"),
+    weight_power: float = typer.Option(default("weight_power"), min=0.0, max=1.0,
+                                       help="sample weights: inverse class frequency to this power "
+                                            "(0.5 square root, 0 none)"),
     limit: int | None = typer.Option(default("limit"),
                                      help="smoke runs: a random subset of this many images"),
     parent_version: str | None = typer.Option(default("parent_version")),
@@ -106,7 +109,7 @@ def train_command(
         unfreeze_from=unfreeze_from, patience=patience, lr_head=lr_head, lr_fine=lr_fine, limit=limit,
         lr_schedule=LrSchedule(lr_schedule).value, parent_version=parent_version, n_boot=n_boot,
         colour_constancy=ColourConstancy(colour_constancy).value,
-        augmentation=Augmentation(augmentation).value,
+        augmentation=Augmentation(augmentation).value, weight_power=weight_power,
         jit_compile=default("jit_compile") if jit else False,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )

@@ -17,10 +17,15 @@ Resolution rules (one row per distinct image survives):
       melanoma axis (e.g. melanoma vs seborrheic_keratosis with ISIC 2017 melanoma=1:
       melanoma); that folder label is kept;
    c. otherwise the nine-class label of its copies;
-   d. a group with only ISIC 2017 copies keeps the melanoma-only label (``label`` None);
+   d. a group with neither: the label its ISIC 2017 (three-class ``diagnosis``) and derm7pt
+      copies agree on (dropped when they disagree); an ISIC 2017 file without ``diagnosis``
+      gives the melanoma-only label (``label`` None);
    e. an ISIC 2017 melanoma label must agree with the resolved nine-class label on the
       melanoma axis, else the group is dropped.
-3. The kept file is the largest copy (most pixels; ties: HAM10000, ISIC 2017, isic-9class).
+   f. derm7pt rows without a class of ours (melanosis, miscellaneous) never enter the
+      manifest; they are listed under ``excluded`` with the reason.
+3. The kept file is the largest copy (most pixels; ties: HAM10000, ISIC 2017, isic-9class,
+   derm7pt).
    Its ``lesion_id`` is the HAM10000 lesion id when the group has one.
 4. Unreadable files never enter the manifest; they are listed here.
 """
@@ -37,6 +42,7 @@ import pandas as pd
 from schemas import CLASS_NAMES, MELANOMA
 from worker.training.manifest import (
     MANIFEST_COLUMNS,
+    SOURCE_DERM7PT,
     SOURCE_HAM,
     SOURCE_ISIC2017,
     SOURCE_NINE_CLASS,
@@ -46,7 +52,7 @@ from worker.training.manifest import (
 #: (HAM10000 class, folder class) pairs where the folder label is a finer diagnosis the HAM
 #: code includes (rule 2a): akiec = actinic keratosis + Bowen's disease (SCC in situ).
 HAM_REFINEMENTS = {("actinic_keratosis", "squamous_cell_carcinoma")}
-_SOURCE_PREFERENCE = {SOURCE_HAM: 0, SOURCE_ISIC2017: 1, SOURCE_NINE_CLASS: 2}
+_SOURCE_PREFERENCE = {SOURCE_HAM: 0, SOURCE_ISIC2017: 1, SOURCE_NINE_CLASS: 2, SOURCE_DERM7PT: 3}
 
 
 class UnionFind:
@@ -161,6 +167,14 @@ def _group_label(g: pd.DataFrame, conflicts: dict[str, list], decisions: Counter
             label = resolved_by
         else:
             label = nine["label"].iloc[0]
+    if label is None:
+        others = g[g["source"].isin((SOURCE_ISIC2017, SOURCE_DERM7PT))]["label"].dropna()
+        if others.nunique() > 1:
+            conflicts["labelled_sources_disagree"].append({"image_ids": ids, "labels": sorted(set(others))})
+            decisions["dropped_labelled_sources_conflict"] += 1
+            return _DROP
+        if len(others):
+            label = others.iloc[0]
     if len(mel_only) and label is not None:
         mel_votes = set(mel_only["melanoma"])
         if mel_votes != {int(label == MELANOMA)}:
@@ -194,11 +208,12 @@ def check_and_resolve(scan: ScanResult) -> CheckResult:
     df = scan.manifest.reset_index(drop=True).copy()
     df["group"] = image_groups(df)
     report: dict = {"rules": __doc__.split("Resolution rules", 1)[1].strip(),
-                    "input": _counts(df), "unreadable": scan.unreadable, **_duplicate_findings(df)}
+                    "input": _counts(df), "unreadable": scan.unreadable,
+                    "excluded": getattr(scan, "excluded", []), **_duplicate_findings(df)}
 
     kept_rows, decisions = [], Counter()
     conflicts: dict[str, list] = {"nine_class_folders_disagree": [], "ham_overrides_folder": [],
-                                  "melanoma_axis_disagree": []}
+                                  "melanoma_axis_disagree": [], "labelled_sources_disagree": []}
     for _, g in df.groupby("group", sort=True):
         label = _group_label(g, conflicts, decisions)
         if label is _DROP:
@@ -237,6 +252,7 @@ def _md(report: dict) -> str:
     lines = ["# Data quality report", "", "## Resolution rules", "", report["rules"], ""]
     lines += ["## Findings", "",
               f"- unreadable files (excluded): {len(report['unreadable'])}",
+              f"- files without a class of ours (excluded): {len(report.get('excluded', []))}",
               f"- exact duplicate groups within one set: {report['exact_duplicates_within_set']['count']}",
               f"- exact duplicate groups across sets: {report['exact_duplicates_across_sets']['count']}",
               f"- image ids present in several sets: {report['same_image_id_across_sets']['count']}"]
@@ -248,6 +264,8 @@ def _md(report: dict) -> str:
         lines += ["", f"## {title}: {c['images']} images", "", "| class | images |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in c["per_class"].items()]
         lines += ["", "| source | images |", "|---|---|"] + [f"| {k} | {v} |" for k, v in c["per_source"].items()]
+    if report.get("excluded"):
+        lines += ["", "## Excluded files", ""] + [f"- `{u['path']}`: {u['reason']}" for u in report["excluded"]]
     if report["unreadable"]:
         lines += ["", "## Unreadable files", ""] + [f"- `{u['path']}`: {u['error']}" for u in report["unreadable"]]
     return "\n".join(lines) + "\n"

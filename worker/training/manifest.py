@@ -5,7 +5,13 @@ Layouts recognised (searched at the given roots and up to three folder levels be
 * folder-per-class (``isic-9class``): ``<dir>/<class_name>/*.jpg`` with the nine class
   names as folder names (``<dir>`` may be ``train/``);
 * ``images/`` + ``labels.csv`` with ``dx`` and ``lesion_id`` columns (``ham10000``);
-* ``images/`` + ``labels.csv`` with a ``melanoma`` 0/1 column (``isic2017``).
+* ``images/`` + ``labels.csv`` with a ``melanoma`` 0/1 column (``isic2017``); when it also has
+  a ``diagnosis`` column (the challenge's three classes: melanoma, seborrheic_keratosis,
+  nevus) that is the row's nine-class label;
+* ``images/`` + ``labels.csv`` with ``class`` and ``lesion_id`` columns (``derm7pt``): ``class``
+  is already one of the nine names; an empty ``class`` (melanosis, miscellaneous: no class of
+  ours) is excluded with its reason (:attr:`ScanResult.excluded`); ``bis`` images are second
+  views of a lesion and share its ``lesion_id``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 SOURCE_NINE_CLASS = "isic-9class"
 SOURCE_HAM = "ham10000"
 SOURCE_ISIC2017 = "isic2017"
+SOURCE_DERM7PT = "derm7pt"
+#: The ISIC 2017 challenge's three diagnoses, all names of the product's label space.
+ISIC2017_DIAGNOSES = frozenset({"melanoma", "seborrheic_keratosis", "nevus"})
 
 #: HAM10000 dx codes onto the product's label space.
 HAM_DX_TO_CLASS: dict[str, str] = {
@@ -49,6 +58,8 @@ class ScanResult:
     manifest: pd.DataFrame
     #: Files that could not be decoded: dicts with path, source, image_id, error.
     unreadable: list[dict] = field(default_factory=list)
+    #: Readable files left out on purpose: dicts with path, source, image_id, reason.
+    excluded: list[dict] = field(default_factory=list)
 
 
 def image_id_from_name(path: Path) -> str:
@@ -82,6 +93,8 @@ def detect_layout(root: Path) -> str | None:
     labels = root / "labels.csv"
     if labels.is_file() and (root / "images").is_dir():
         header = set(pd.read_csv(labels, nrows=0).columns)
+        if {"image_id", "class", "lesion_id", "melanoma"} <= header:
+            return SOURCE_DERM7PT
         if {"image_id", "dx", "lesion_id"} <= header:
             return SOURCE_HAM
         if {"image_id", "melanoma"} <= header:
@@ -126,32 +139,77 @@ def _rows_nine_class(folder: Path) -> list[dict]:
     return rows
 
 
+def _isic2017_label(rec) -> str | None:
+    """The three-class diagnosis of an ISIC 2017 row (None: an older melanoma-only file)."""
+    diagnosis = getattr(rec, "diagnosis", None)
+    if not isinstance(diagnosis, str) or not diagnosis.strip():
+        return None
+    diagnosis = diagnosis.strip()
+    if diagnosis not in ISIC2017_DIAGNOSES:
+        raise ValueError(f"ISIC 2017 diagnosis {diagnosis!r} is not one of {sorted(ISIC2017_DIAGNOSES)}")
+    return diagnosis
+
+
+def _labels_csv_row(rec, path: Path, source: str) -> dict:
+    """One manifest row of a labels.csv layout; ``label`` None with ``excluded`` set when the
+    row has no class of ours."""
+    if source == SOURCE_HAM:
+        label = HAM_DX_TO_CLASS[rec.dx.strip()]
+        return {"path": path, "image_id": rec.image_id, "lesion_id": rec.lesion_id,
+                "label": label, "melanoma": int(label == MELANOMA)}
+    if source == SOURCE_DERM7PT:
+        label = rec._asdict().get("class")
+        label = label.strip() if isinstance(label, str) and label.strip() else None
+        if label is not None and label not in CLASS_NAMES:
+            raise ValueError(f"derm7pt class {label!r} is not one of the nine class names")
+        row = {"path": path, "image_id": rec.image_id, "lesion_id": rec.lesion_id or rec.image_id,
+               "label": label, "melanoma": int(label == MELANOMA)}
+        if label is None:
+            row["excluded"] = f"diagnosis {getattr(rec, 'diagnosis', '?')!r} has no class of the nine"
+        return row
+    label = _isic2017_label(rec)
+    melanoma = int(float(rec.melanoma))
+    if label is not None and melanoma != int(label == MELANOMA):
+        raise ValueError(f"ISIC 2017 {rec.image_id}: melanoma={melanoma} but diagnosis {label}")
+    return {"path": path, "image_id": rec.image_id, "lesion_id": rec.image_id,
+            "label": label, "melanoma": melanoma}
+
+
 def _labels_csv_rows(folder: Path, source: str) -> list[dict]:
-    labels = pd.read_csv(folder / "labels.csv", dtype=str)
+    labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
     files = {image_id_from_name(f): f for f in (folder / "images").iterdir()
              if f.suffix.lower() in IMAGE_SUFFIXES}
     rows = []
-    for rec in labels.itertuples(index=False):
-        path = files.get(rec.image_id)
+    for rec in labels.to_dict("records"):
+        path = files.get(rec["image_id"])
         if path is None:
             continue  # listed but absent: nothing to train on (reported by the row count)
-        if source == SOURCE_HAM:
-            label = HAM_DX_TO_CLASS[rec.dx.strip()]
-            rows.append({"path": path, "image_id": rec.image_id, "lesion_id": rec.lesion_id,
-                         "label": label, "melanoma": int(label == MELANOMA)})
-        else:
-            rows.append({"path": path, "image_id": rec.image_id, "lesion_id": rec.image_id,
-                         "label": None, "melanoma": int(float(rec.melanoma))})
+        rows.append(_labels_csv_row(_Record(rec), path, source))
     return rows
+
+
+class _Record:
+    """Attribute access to one labels.csv record (``class`` is a keyword, so not a namedtuple)."""
+
+    def __init__(self, values: dict) -> None:
+        self.__dict__.update(values)
+
+    def _asdict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def scan(roots: list[Path]) -> ScanResult:
     """Find every layout under ``roots``, hash and decode-check every image."""
     rows: list[dict] = []
     unreadable: list[dict] = []
+    excluded: list[dict] = []
     for source, folder in find_layouts([Path(r) for r in roots]):
         raw = _rows_nine_class(folder) if source == SOURCE_NINE_CLASS else _labels_csv_rows(folder, source)
         for r in raw:
+            if "excluded" in r:
+                excluded.append({"path": str(r["path"]), "source": source, "image_id": r["image_id"],
+                                 "reason": r["excluded"]})
+                continue
             try:
                 digest, w, h = _probe(r["path"])
             except Exception as exc:  # PIL raises many types for a broken file
@@ -165,7 +223,7 @@ def scan(roots: list[Path]) -> ScanResult:
     df["width"] = df["width"].astype(int)
     df["height"] = df["height"].astype(int)
     df["label"] = df["label"].astype(object).where(df["label"].notna(), None)
-    return ScanResult(manifest=df.reset_index(drop=True), unreadable=unreadable)
+    return ScanResult(manifest=df.reset_index(drop=True), unreadable=unreadable, excluded=excluded)
 
 
 def build_manifest(roots: list[Path]) -> pd.DataFrame:

@@ -194,6 +194,7 @@ class SplitArrays:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    weight_power: float = 0.5  # sample weights: inverse class frequency to this power
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, cfg: TrainConfig) -> SplitArrays:
@@ -205,12 +206,12 @@ class SplitArrays:
         return cls(images=dataset.build_cache(df, cfg.input_size, cfg.cache_dir),
                    masks=dataset.label_masks(df), labels=labels,
                    melanoma=df["melanoma"].to_numpy().astype(int), train=train, val=sub == "val",
-                   test=sub == "test")
+                   test=sub == "test", weight_power=cfg.weight_power)
 
     def training(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training rows: uint8 images, label masks and softened inverse-frequency weights."""
         masks = self.masks[self.train]
-        return self.images[self.train], masks, dataset.sample_weights(masks)
+        return self.images[self.train], masks, dataset.sample_weights(masks, self.weight_power)
 
 
 def train(cfg: TrainConfig, manifest: pd.DataFrame | None = None) -> ModelMetadata:
