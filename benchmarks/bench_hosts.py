@@ -106,7 +106,7 @@ def _setup(args, tmp: Path) -> tuple[str, str]:
     store.set_current(store.add_version(write_tiny_version(tmp / "tiny" / "tiny-1")))
     engine = make_engine(url)
     model_sync.publish(store.root, engine)
-    token = create_token(make_session_factory(engine), "bench")
+    token = create_token(make_session_factory(engine), "bench", "admin")
     engine.dispose()
     return url, token
 

@@ -103,7 +103,7 @@ def cluster(tmp_path, postgres_url, redis_url, tiny_model_dir):
     store.set_current(store.add_version(tiny_model_dir))
     engine = make_engine(postgres_url)
     model_sync.publish(seed, engine)
-    token = create_token(make_session_factory(engine), "his")
+    token = create_token(make_session_factory(engine), "his", "admin")  # reads DICOM jobs too
     http_port, dicom_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(PYTHONPATH=str(ROOT), TRIAGE_DATABASE_URL=postgres_url, TRIAGE_BROKER_URL=redis_url,

@@ -103,30 +103,40 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
         "photometric": decoded.photometric,
     }
     shadow = _shadow_prediction(rt, decoded.rgb, usable, job_id)
-    placed = False
-    try:
-        with rt.sessions.begin() as s:
-            stored = jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path),
-                                   report_sha, shadow_results=shadow, attempt=item.attempt)
-            if stored:
-                s.flush()  # the database has accepted the rows (lengths, constraints) ...
-                # ... and holds the job's row for this attempt: the report goes into place
-                # now, before the commit. A kill between the two leaves the job unfinished,
-                # so it runs again and renames over the same path; placed after the commit,
-                # a kill would leave a done job with no report.
-                rt.storage.place_report(s, pending, report_path)
-                placed = True
-        rt.storage.report_placed(pending, report_path)
-    except BaseException:
-        if not placed or rt.storage.kind == "database":
-            pending.unlink(missing_ok=True)  # no report beside a job the database refused
-        raise  # placed but the commit failed: the retry writes the same path again
+    stored = _commit(rt, item, pending, report_path, lambda s: jobs.complete(
+        s, job_id, metadata, facts, result, usable, str(report_path), report_sha,
+        shadow_results=shadow, attempt=item.attempt))
     if not stored:
         pending.unlink(missing_ok=True)
         log.info("job %s: attempt %d was superseded; its result is not stored", job_id, item.attempt)
         return "skipped"
     log.info("job %s done: %s (model %s)", job_id, result.triage.value, result.model_version)
     return "done"
+
+
+def _commit(rt: Runtime, item: jobs.WorkItem, pending, report_path: str, complete) -> bool:
+    """Store the result rows (``complete(session)``) and put the report into place in the
+    same transaction, before the commit; False when the attempt was superseded."""
+    placed = False
+    try:
+        with rt.sessions.begin() as s:
+            stored = complete(s)
+            if stored:
+                s.flush()  # the database has accepted the rows (lengths, constraints) ...
+                # ... and holds the job's row for this attempt: the report goes into place
+                # now, before the commit. A kill between the two leaves the job unfinished,
+                # so it runs again and renames over the same path; placed after the commit,
+                # a kill would leave a done job with no report. On database storage the
+                # report is a row of this transaction (worker.storage).
+                rt.storage.place_report(s, pending, report_path)
+                placed = True
+        if stored:
+            rt.storage.report_placed(pending, report_path)
+    except BaseException:
+        if not placed or rt.storage.kind == "database":
+            pending.unlink(missing_ok=True)  # no report beside a job the database refused
+        raise  # placed but the commit failed: the retry writes the same path again
+    return stored
 
 
 def _original_name(rt: Runtime, job_id: str) -> str | None:
