@@ -1,5 +1,6 @@
-"""Issue 22 done-when: three "hosts" as separate process trees with separate, unshared homes,
-sharing only the real PostgreSQL and Redis. Host A runs the doors and beat; images sent to it
+"""Issue 22 done-when: three "hosts" as separate process trees (``melanoma-triage run --roles``)
+with separate, unshared homes, sharing only the real PostgreSQL and Redis. Host A runs
+``intake,http,dicom,beat``, hosts B and C ``triage,deliver``; images sent to A
 over HTTP and DICOM are triaged by host B's workers, and A's API serves their reports. Host B
 is killed mid-batch; host C finishes, and every image is done exactly once."""
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
@@ -63,34 +65,33 @@ class Host:
         return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     def kill(self, sig=signal.SIGKILL) -> None:
+        """Every process of the tree (run's children have sessions of their own)."""
+        tree = []
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
+            try:
+                parent = psutil.Process(proc.pid)
+                tree += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        if sig == signal.SIGTERM:  # run stops its children itself
+            tree = [p for p in tree if p.pid in {proc.pid for proc in self.procs}]
+        for p in tree:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                self.kill(signal.SIGKILL)
 
     def done_jobs(self) -> set[str]:
         return set(re.findall(r"job ([0-9a-f]{32}) done:", self.log_text()))
 
 
-def _celery_worker(hostname: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.messaging.celery_worker:app", "worker",
-            "--loglevel=INFO", "--pool=prefork", "--concurrency=1",
-            "--queues=triage,maintenance,deliver", f"--hostname={hostname}@%h"]
-
-
-def _doors_and_beat(home: Path) -> list[list[str]]:
-    cli = [sys.executable, "-m", "worker"]
-    return [cli + ["serve"], cli + ["receive-dicom"],
-            [sys.executable, "-m", "celery", "-A", "worker.messaging.celery_worker:app", "beat",
-             "--loglevel=INFO", f"--schedule={home / 'celerybeat-schedule'}"]]
+def _run(roles: str) -> list[list[str]]:
+    return [[sys.executable, "-m", "worker", "run", "--roles", roles]]
 
 
 @pytest.fixture
@@ -137,7 +138,7 @@ def _states(engine) -> dict[str, str]:
 
 def test_doors_on_a_workers_on_b_then_c_when_b_dies(cluster):
     env, engine, hosts = cluster["env"], cluster["engine"], cluster["hosts"]
-    a = Host("A", cluster["tmp"] / "host-a", env, _doors_and_beat(cluster["tmp"] / "host-a"))
+    a = Host("A", cluster["tmp"] / "host-a", env, _run("intake,http,dicom,beat"))
     hosts.append(a)
     http = httpx.Client(base_url=cluster["http"], timeout=30,
                         headers={"Authorization": f"Bearer {cluster['token']}"})
@@ -168,14 +169,14 @@ def test_doors_on_a_workers_on_b_then_c_when_b_dies(cluster):
     all_jobs = set(_states(engine))
     assert all(s == JobState.QUEUED.value for s in _states(engine).values())  # no worker anywhere yet
 
-    b = Host("B", cluster["tmp"] / "host-b", env, [_celery_worker("b")])
+    b = Host("B", cluster["tmp"] / "host-b", env, _run("triage,deliver"))
     hosts.append(b)
     _wait("host B's first result", lambda: len(b.done_jobs()) >= 2, 180, hosts)
     b.kill()  # mid-batch: what it held comes back through its expired lease
     done_by_b = b.done_jobs()
     assert done_by_b and len(done_by_b) < len(all_jobs), "B finished everything before it was killed"
 
-    c = Host("C", cluster["tmp"] / "host-c", env, [_celery_worker("c")])
+    c = Host("C", cluster["tmp"] / "host-c", env, _run("triage,deliver"))
     hosts.append(c)
     _wait("every job done", lambda: set(_states(engine).values()) == {JobState.DONE.value}, 240, hosts)
 

@@ -62,12 +62,20 @@ def _logging(verbose: bool = False) -> None:
 
 
 @app.command()
-def run(home: HomeOption = None) -> None:
+def run(home: HomeOption = None,
+        roles: Annotated[str, typer.Option(
+            "--roles", help="Parts of the process tree this host runs, comma-separated: "
+            "intake,dicom,http,triage,deliver,beat,retrain (default all)")] = "all") -> None:
     """Start the watcher, a worker and beat on the embedded defaults (Ctrl-C stops)."""
+    from worker.process.roles import parse_roles
     from worker.process.service import run_service
 
+    try:
+        chosen = parse_roles(roles)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
     _logging()
-    code = run_service(settings_for(home))
+    code = run_service(settings_for(home), chosen)
     # run_service answers 2 when the store has no current model: that is "not ready", not usage.
     raise typer.Exit(int(ExitCode.NOT_READY) if code == 2 else code)
 

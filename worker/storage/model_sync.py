@@ -143,6 +143,11 @@ def model_refresher(settings: Settings, engine: Engine) -> Callable[[], None] | 
     return refresh
 
 
+def has_shared_store(engine: Engine) -> bool:
+    """Whether a host has published a model store (its CURRENT pointer) to the database."""
+    return bool(blob_index(engine, PREFIX + "CURRENT"))
+
+
 def sync_home(settings: Settings, engine: Engine) -> None:
     """At start-up of a host on database storage: a store the database does not hold yet
     (the first host, seeded with the shipped models) is published; then the cache is pulled."""
