@@ -30,7 +30,7 @@ PACKAGES = ("worker", "schemas")
 #: embedded broker's transport.
 CELERY_MODULES = frozenset({"worker.messaging.celery_app", "worker.messaging.celery_worker",
                             "worker.messaging.tasks", "worker.messaging.filesystem_transport",
-                            "worker.messaging.prefork_pool"})
+                            "worker.messaging.prefork_pool", "worker.messaging.beat_lease"})
 #: Entry points and edge adapters that wire the Celery layer to the outside world (the
 #: command line, the process supervisor, the client API, the hospital doors): they may reach
 #: Celery through the modules above, never import it themselves.

@@ -128,6 +128,25 @@ class Settings(BaseSettings):
         default_factory=dict, description="Report banner wording per triage level (JSON object: urgent, "
         "soon, routine, indeterminate); a level not given keeps the neutral default")
 
+    # Hosts that share nothing but PostgreSQL and Redis (issue 22).
+    storage: Literal["filesystem", "database"] = Field(
+        "filesystem", description="Where archived images, report PDFs, rejected inputs, FHIR outbox "
+        "bundles and model store versions are kept: folders under the home (filesystem), or the "
+        "database's blobs table, so hosts share no folder (database; the model store folder is then "
+        "a local cache rebuilt from it)")
+    reports_export_dir: Path | None = Field(
+        None, description="With storage=database: every report PDF is also written here for staff "
+        "who read files (optional; the API serves reports from storage)")
+    retention_days: int | None = Field(
+        None, ge=1, description="Archived inputs older than this are purged once their job ended "
+        "and its results were delivered (default: keep for ever); the locked evaluation set is kept")
+
+    @field_validator("retention_days", "reports_export_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v):
+        """``TRIAGE_RETENTION_DAYS=`` (compose passes an unset variable as empty): not set."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:

@@ -63,7 +63,7 @@ def calibrate(
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine)() as s:
-            cases = site.gather_cases(s, store, base, site.archive_rescorer(store, base) if rescore else None)
+            cases = site.gather_cases(s, store, base, site.archive_rescorer(store, base, engine) if rescore else None)
     finally:
         engine.dispose()
     policy = site.SitePolicy(min_melanoma=min_melanoma, min_benign=min_benign, required_sensitivity=sensitivity,

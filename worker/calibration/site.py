@@ -346,9 +346,10 @@ def write_version(store: ModelStore, proposal: Proposal, command: str, staging_r
         staging_root=staging_root, now=datetime.fromisoformat(proposal.created_at))
 
 
-def archive_rescorer(store: ModelStore, base: str) -> Callable[[list[str]], dict[str, np.ndarray]]:
+def archive_rescorer(store: ModelStore, base: str, bind=None) -> Callable[[list[str]], dict[str, np.ndarray]]:
     """Scores archived images with the base's weights and temperature, without any site
-    recalibration (the probabilities a site calibration is fitted on)."""
+    recalibration (the probabilities a site calibration is fitted on); ``bind``: the database
+    that holds ``db:`` locations (``TRIAGE_STORAGE=database``)."""
 
     def rescore(paths: list[str]) -> dict[str, np.ndarray]:
         from worker.classify.inference import Classifier
@@ -359,7 +360,7 @@ def archive_rescorer(store: ModelStore, base: str) -> Callable[[list[str]], dict
         out = {}
         for path in paths:
             try:
-                rgb = decode_bytes(archive.load(path)).rgb
+                rgb = decode_bytes(archive.load(path, bind)).rgb
             except Exception:  # gone or unreadable: counted as unscored
                 continue
             if assess_quality(rgb)[0]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from worker.classify.inference import Classifier
 from worker.errors import ModelNotAvailable
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 class ModelCache:
     """``tf_threads`` (the setting's historic name) is the inference threads per process."""
 
-    def __init__(self, store: ModelStore, tf_threads: int = 1) -> None:
+    def __init__(self, store: ModelStore, tf_threads: int = 1,
+                 refresh: Callable[[], None] | None = None) -> None:
+        """``refresh``: brings the local store up to date first (database storage: the store
+        lives in the database and this folder is its cache, ``worker.storage.model_sync``)."""
         self.store = store
+        self.refresh = refresh
         self.threads = tf_threads
         self._lock = threading.Lock()
         self._classifier: Classifier | None = None
@@ -33,6 +38,8 @@ class ModelCache:
 
         No CURRENT (an operator emptied the pointer): no model, even one loaded before; the
         job waits (``ModelNotAvailable`` is retried) until a version is promoted."""
+        if self.refresh is not None:
+            self.refresh()
         version = self.store.current_version()
         if version is None:
             raise ModelNotAvailable(f"no current model version in {self.store.root}")

@@ -16,7 +16,7 @@ import typer
 
 from schemas import ImageMetadata, JobState, Laterality, SourceDoor
 from worker.cli.options import HomeOption, JsonOption, ready_settings, settings_for
-from worker.cli.output import EXIT_CODES_HELP, ExitCode, emit_json
+from worker.cli.output import EXIT_CODES_HELP, ExitCode, emit_json, fail
 
 # Never print local variables in tracebacks: they can hold patient data or credentials.
 app = typer.Typer(
@@ -45,10 +45,15 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit")] = False,
 ) -> None:
     """Dermoscopy triage worker: intake, CNN classification, PDF triage reports."""
+    from worker.storage.model_cli import after_command, before_command
+
+    if before_command():  # TRIAGE_STORAGE=database: the model store is shared through it
+        ctx.call_on_close(after_command)
 
 
 def _logging(verbose: bool = False) -> None:
@@ -57,12 +62,20 @@ def _logging(verbose: bool = False) -> None:
 
 
 @app.command()
-def run(home: HomeOption = None) -> None:
+def run(home: HomeOption = None,
+        roles: Annotated[str, typer.Option(
+            "--roles", help="Parts of the process tree this host runs, comma-separated: "
+            "intake,dicom,http,triage,deliver,beat,retrain (default all)")] = "all") -> None:
     """Start the watcher, a worker and beat on the embedded defaults (Ctrl-C stops)."""
+    from worker.process.roles import parse_roles
     from worker.process.service import run_service
 
+    try:
+        chosen = parse_roles(roles)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
     _logging()
-    code = run_service(settings_for(home))
+    code = run_service(settings_for(home), chosen)
     # run_service answers 2 when the store has no current model: that is "not ready", not usage.
     raise typer.Exit(int(ExitCode.NOT_READY) if code == 2 else code)
 
@@ -192,6 +205,36 @@ def db_upgrade(home: HomeOption = None,
         typer.echo(f"database at revision {now}")
 
 
+@db_app.command("migrate-to")
+def db_migrate_to(url: Annotated[str, typer.Argument(help="PostgreSQL URL, e.g. postgresql+psycopg://user@host/triage")],
+                  home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Copy this home (database and stored files) into PostgreSQL with database storage;
+    checks row counts and SHA-256 of every file; safe to run again after an interruption."""
+    from worker.storage.pilot_migration import migrate_to
+
+    _logging()
+    settings = settings_for(home)
+    try:
+        result = migrate_to(settings, url)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if as_json:
+        emit_json({"ok": result.ok, "tables": result.tables, "files": result.files,
+                   "problems": result.problems})
+    else:
+        for name, counts in result.tables.items():
+            typer.echo(f"{name:24} {counts['source']:>8} -> {counts['target']:>8}")
+        typer.echo("files: " + ", ".join(f"{k} {v}" for k, v in sorted(result.files.items())))
+        for problem in result.problems:
+            typer.echo(f"PROBLEM: {problem}", err=True)
+        typer.echo("verified: every row and file is in the target" if result.ok else "NOT complete: see the problems above; run again")
+        if result.ok:
+            typer.echo("next: set TRIAGE_DATABASE_URL to the target, TRIAGE_STORAGE=database and "
+                       "TRIAGE_BROKER_URL to Redis on every host (README: from a pilot to several hosts)")
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
 def _register_command_groups() -> None:
     """Training/evaluation/prediction and model-store/retraining commands live with their code."""
     from worker.calibration.adapt_cli import register as register_adapt
@@ -200,6 +243,7 @@ def _register_command_groups() -> None:
     from worker.doors.cli import register as register_doors
     from worker.monitor.cli import register as register_monitor
     from worker.results.cli import app as deliveries_app
+    from worker.retention.cli import app as retention_app
     from worker.retrain.cli import register as register_retrain
     from worker.training.cli import register as register_training
     from worker.workspace.cli import register as register_workspace
@@ -212,6 +256,7 @@ def _register_command_groups() -> None:
     register_calibration(app)  # calibrate
     register_workspace(app)  # users create|list|disable|reset-password, audit list
     app.add_typer(jobs_app, name="jobs")  # jobs list|show
+    app.add_typer(retention_app, name="retention")  # retention purge
     register_adapt(app)  # adapt
 
 

@@ -11,12 +11,14 @@ from datetime import date, datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
 )
@@ -212,3 +214,30 @@ class TaskClaim(Base):
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     task_name: Mapped[str] = mapped_column(String(64))
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Blob(Base):
+    """A stored file under ``TRIAGE_STORAGE=database`` (worker.storage): archived images, report
+    PDFs, rejected inputs, FHIR outbox bundles and model store files, by key
+    (``archive/ab/cd/<sha256>``, ``reports/<name>.pdf``, ...), so hosts share no folder."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ArchivePurge(Base):
+    """An archived input removed by retention (``TRIAGE_RETENTION_DAYS``): which, when, why."""
+
+    __tablename__ = "archive_purges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(Text)
+    retention_days: Mapped[int] = mapped_column(Integer)
+    purged_at: Mapped[datetime] = mapped_column(default=utcnow)

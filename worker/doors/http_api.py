@@ -50,6 +50,7 @@ from worker.doors.metrics import render_metrics
 from worker.doors.tokens import Caller, may_read, record_owner, verify_caller
 from worker.intake.admission import Intake
 from worker.settings import Settings
+from worker.storage.blobs import is_db_location, read_location
 from worker.workspace.application import create_workspace_app
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,18 @@ _UPLOAD_BODY = {
 }
 
 
+def report_response(location: str, job_id: str, bind) -> Response:
+    """The PDF at ``location``: a file, or (``TRIAGE_STORAGE=database``) a blob, on any host."""
+    if not is_db_location(location):
+        return FileResponse(location, media_type="application/pdf", filename=f"{job_id}.pdf")
+    try:
+        pdf = read_location(location, bind)
+    except FileNotFoundError:
+        raise HTTPException(404, "the report is not in storage") from None
+    return Response(pdf, media_type="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.pdf"'})
+
+
 def _token_checks(door: HttpDoor, bearer: HTTPBearer):
     """The route dependencies of the token scopes: ``submitter`` (a token that may submit:
     its name) and ``job_reader`` (a token that may read the path's job)."""
@@ -249,7 +262,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
         return view
 
     @app.get("/v1/jobs/{job_id}/report.pdf", response_class=FileResponse)
-    def get_report(job_id: str, _: Caller = Depends(job_reader)) -> FileResponse:
+    def get_report(job_id: str, _: Caller = Depends(job_reader)) -> Response:
         """The PDF triage report of a done job."""
         with door.sessions() as s:
             job = s.get(Job, job_id)
@@ -257,7 +270,7 @@ def create_http_app(settings: Settings, intake: Intake) -> FastAPI:
             state = job.state if job is not None else None
         if path is None:
             raise HTTPException(404, "no such job" if state is None else f"no report: the job is {state}")
-        return FileResponse(path, media_type="application/pdf", filename=f"{job_id}.pdf")
+        return report_response(path, job_id, door.sessions.kw["bind"])
 
     @app.get("/v1/jobs/{job_id}/fhir")
     def get_fhir(job_id: str, _: Caller = Depends(job_reader)) -> JSONResponse:

@@ -24,6 +24,7 @@ from worker.db.models import Image, Job, Submission, new_id, utcnow
 from worker.errors import InputRejected
 from worker.imaging.formats import sniff_format
 from worker.intake import archive
+from worker.storage.backends import storage_for
 from worker.intake.names import recorded_name
 from worker.intake.rejections import record_rejection
 from worker.settings import Settings
@@ -75,6 +76,7 @@ class Intake:
         self.sessions = session_factory
         self.send = send
         self.engine = engine  # set when this intake owns it: close() disposes it
+        self.storage = storage_for(settings, session_factory)
 
     def close(self) -> None:
         if self.engine is not None:
@@ -98,8 +100,8 @@ class Intake:
             precheck(data, self.settings.max_file_bytes)
         except InputRejected as exc:
             rejection = exc
-        path = archive.store(self.settings.archive_dir, data, sha)
-        record = (sha, str(path), len(data), door, metadata, original_name, rejection, received_at)
+        path = self.storage.archive(data, sha)
+        record = (sha, path, len(data), door, metadata, original_name, rejection, received_at)
         try:
             admission = self._record(*record)
         except IntegrityError:  # the same content arrived concurrently by another door
@@ -113,7 +115,7 @@ class Intake:
                      admission.state.value)
         if admission.state == JobState.REJECTED:
             code = rejection.code if rejection else RejectionReason.DUPLICATE_OF_REJECTED
-            record_rejection(self.sessions, self.settings.rejected_dir, admission.job_id, code,
+            record_rejection(self.sessions, self.storage.rejected, admission.job_id, code,
                              admission.reason or "", data=data, original_name=original_name)
         elif not admission.duplicate:
             self._send_queued(admission.job_id)
@@ -148,7 +150,7 @@ class Intake:
             job_id = job.id
         log.info("job %s rejected at the %s door without reading it: %s", job_id, door.value,
                  code.value)
-        record_rejection(self.sessions, self.settings.rejected_dir, job_id, code, reason,
+        record_rejection(self.sessions, self.storage.rejected, job_id, code, reason,
                          source=source, original_name=original_name)
         return Admission(job_id, JobState.REJECTED, reason=reason)
 

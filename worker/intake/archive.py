@@ -32,5 +32,9 @@ def store(root: Path, data: bytes, sha256: str | None = None) -> Path:
     return target
 
 
-def load(path: str | os.PathLike) -> bytes:
-    return Path(path).read_bytes()
+def load(path: str | os.PathLike, bind=None) -> bytes:
+    """The archived bytes at a location: a file, or ``db:`` a blob (``bind``: an engine or
+    session of the database that holds it; ``worker.storage.blobs``)."""
+    from worker.storage.blobs import read_location
+
+    return read_location(path if isinstance(path, str) else Path(path), bind)

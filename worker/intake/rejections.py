@@ -15,6 +15,7 @@ import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,13 +23,13 @@ from schemas import JobState, RejectionReason
 from worker.db import jobs
 from worker.db.models import Job
 from worker.durable import write_atomic
-from worker.intake import archive
 from worker.intake.names import safe_filename
+from worker.storage.blobs import read_location
 
 
 def record_rejection(
     sessions: sessionmaker[Session],
-    rejected_dir: Path,
+    rejected_dir: Path | RejectedBlobs,
     job_id: str,
     code: RejectionReason,
     reason: str,
@@ -37,7 +38,7 @@ def record_rejection(
     data: bytes | None = None,
     source: Path | None = None,
     original_name: str | None | EllipsisType = ...,
-) -> Path:
+) -> Path | str:
     """Finish the job as rejected (or failed) and put the file and its sidecar in rejected/.
 
     A job that is already finished keeps its state (the door records a rejected job in
@@ -56,7 +57,10 @@ def record_rejection(
         if original_name is ...:
             original_name = jobs.original_name(s, job_id)
     if data is None and source is None and archived:
-        data = archive.load(archived)
+        data = read_location(archived, sessions.kw.get("bind"))
+    if not isinstance(rejected_dir, Path):  # TRIAGE_STORAGE=database: kept as blobs
+        return _write_to_blobs(rejected_dir, job_id, original_name, code, reason, data=data,
+                               source=source, sha256=sha256, state=state.value)
     return _write_to_folder(rejected_dir, job_id, original_name, code, reason, data=data,
                             source=source, sha256=sha256, state=state.value)
 
@@ -93,6 +97,44 @@ def _write_to_folder(
     sidecar_path = target.with_name(target.name + ".json")
     write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode())
     return sidecar_path
+
+
+class RejectedBlobs(Protocol):
+    def rejected_put(self, name: str, data: bytes) -> str: ...
+
+
+def _sidecar(job_id, state, code, reason, original_name, sha256, file: str | None) -> bytes:
+    return json.dumps({
+        "job_id": job_id,
+        "state": state,
+        "code": RejectionReason(code).value,
+        "reason": reason,
+        "original_name": original_name,
+        "sha256": sha256,
+        "file": file,
+        "rejected_at": datetime.now(timezone.utc).isoformat(),
+    }, indent=2).encode()
+
+
+def _write_to_blobs(store: RejectedBlobs, job_id: str, original_name: str | None,
+                    code: RejectionReason, reason: str, data: bytes | None = None,
+                    source: Path | None = None, sha256: str | None = None,
+                    state: str = JobState.REJECTED.value) -> str:
+    """As :func:`_write_to_folder`, into the database (``rejected/<job>__<name>`` + ``.json``);
+    a moved ``source`` that is a regular file is read in, then removed from the intake."""
+    name = f"{job_id}__{safe_filename(original_name, fallback='unnamed')}"
+    if source is not None:
+        try:
+            if stat.S_ISREG(os.lstat(source).st_mode):
+                data = Path(source).read_bytes()
+            os.unlink(source)
+        except FileNotFoundError:
+            pass
+    if data is not None:
+        store.rejected_put(name, data)
+    sidecar = _sidecar(job_id, state, code, reason, original_name, sha256,
+                       name if data is not None else None)
+    return store.rejected_put(name + ".json", sidecar)
 
 
 def _move(source: Path, target: Path) -> bool:

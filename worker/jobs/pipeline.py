@@ -10,20 +10,15 @@ attempt holds the job's row, the PDF is renamed into place, and the transaction 
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from schemas import ImageMetadata, PredictionResult
 from worker.db import jobs
-from worker.durable import fsync_dir
 from worker.errors import InputRejected
 from worker.jobs.heartbeat import JobHeartbeat
 from worker.imaging import DecodeLimits, decode_bytes
 from worker.imaging.decode import DRAFT_MIN_SIDE
 from worker.imaging.quality import assess_quality
-from worker.intake import archive
 from worker.intake.rejections import record_rejection
 from worker.report import ReportContent, render_report, report_filename
 from worker.report.wording import referral_wording, triage_sentence
@@ -55,13 +50,13 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     """The attempt ``item``, under its lease: the report is written only while it is held."""
     settings, job_id = rt.settings, item.job_id
     try:
-        data = archive.load(item.archive_path)
+        data = rt.storage.read(item.archive_path)
         decoded = decode_bytes(
             data, DecodeLimits(max_bytes=settings.max_file_bytes, max_pixels=settings.max_image_pixels),
             draft_min_side=DRAFT_MIN_SIDE,  # a large JPEG decoded at the size triage needs
         )
     except InputRejected as exc:
-        record_rejection(rt.sessions, settings.rejected_dir, job_id, exc.code, exc.reason, data=data)
+        record_rejection(rt.sessions, rt.storage.rejected, job_id, exc.code, exc.reason, data=data)
         log.info("job %s rejected: %s", job_id, exc.code.value)
         return "rejected"
 
@@ -71,10 +66,10 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
     thresholds = classifier.metadata.thresholds
     original_name = _original_name(rt, job_id)  # printed, and names an image without ids
-    report_path = settings.reports_dir / report_filename(metadata, job_id, original_name)
-    pending = pending_report_path(report_path)  # becomes report_path once the database agrees
+    filename = report_filename(metadata, job_id, original_name)
+    report_path = rt.storage.report_location(filename)  # a path, or db:reports/<name>
     lease.check()  # a superseded attempt must not overwrite the report of the one that won
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    pending = rt.storage.report_pending(filename)  # becomes report_path once the database agrees
     report_sha = render_report(
         ReportContent(
             job_id=job_id,
@@ -98,7 +93,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
             calibration_note=classifier.calibration_note,
         ),
         pending,
-        private=True,  # fsynced there; place_report renames it into place durably
+        private=True,  # fsynced there; storage.place_report puts it into place durably
     )
     facts = {
         "source_format": decoded.source_format,
@@ -108,23 +103,9 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
         "photometric": decoded.photometric,
     }
     shadow = _shadow_prediction(rt, decoded.rgb, usable, job_id)
-    placed = False
-    try:
-        with rt.sessions.begin() as s:
-            stored = jobs.complete(s, job_id, metadata, facts, result, usable, str(report_path),
-                                   report_sha, shadow_results=shadow, attempt=item.attempt)
-            if stored:
-                s.flush()  # the database has accepted the rows (lengths, constraints) ...
-                # ... and holds the job's row for this attempt: the report goes into place
-                # now, before the commit. A kill between the two leaves the job unfinished,
-                # so it runs again and renames over the same path; placed after the commit,
-                # a kill would leave a done job with no report.
-                place_report(pending, report_path)
-                placed = True
-    except BaseException:
-        if not placed:
-            pending.unlink(missing_ok=True)  # no report beside a job the database refused
-        raise  # placed but the commit failed: the retry writes the same path again
+    stored = _commit(rt, item, pending, report_path, lambda s: jobs.complete(
+        s, job_id, metadata, facts, result, usable, str(report_path), report_sha,
+        shadow_results=shadow, attempt=item.attempt))
     if not stored:
         pending.unlink(missing_ok=True)
         log.info("job %s: attempt %d was superseded; its result is not stored", job_id, item.attempt)
@@ -133,20 +114,34 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     return "done"
 
 
+def _commit(rt: Runtime, item: jobs.WorkItem, pending, report_path: str, complete) -> bool:
+    """Store the result rows (``complete(session)``) and put the report into place in the
+    same transaction, before the commit; False when the attempt was superseded."""
+    placed = False
+    try:
+        with rt.sessions.begin() as s:
+            stored = complete(s)
+            if stored:
+                s.flush()  # the database has accepted the rows (lengths, constraints) ...
+                # ... and holds the job's row for this attempt: the report goes into place
+                # now, before the commit. A kill between the two leaves the job unfinished,
+                # so it runs again and renames over the same path; placed after the commit,
+                # a kill would leave a done job with no report. On database storage the
+                # report is a row of this transaction (worker.storage).
+                rt.storage.place_report(s, pending, report_path)
+                placed = True
+        if stored:
+            rt.storage.report_placed(pending, report_path)
+    except BaseException:
+        if not placed or rt.storage.kind == "database":
+            pending.unlink(missing_ok=True)  # no report beside a job the database refused
+        raise  # placed but the commit failed: the retry writes the same path again
+    return stored
+
+
 def _original_name(rt: Runtime, job_id: str) -> str | None:
     with rt.sessions() as s:
         return jobs.original_name(s, job_id)
-
-
-def pending_report_path(report_path: Path) -> Path:
-    """A hidden name beside the report (not ``*.pdf``: readers of the folder skip it)."""
-    return report_path.with_name(f".{report_path.name}.{uuid.uuid4().hex}.pending")
-
-
-def place_report(pending: Path, report_path: Path) -> None:
-    """Rename the rendered report into place once the database accepted its rows (durably)."""
-    os.replace(pending, report_path)
-    fsync_dir(report_path.parent)
 
 
 def _shadow_prediction(rt: Runtime, rgb, usable: bool, job_id: str) -> tuple[PredictionResult, ...]:

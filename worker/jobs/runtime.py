@@ -18,6 +18,8 @@ from worker.classify.model_cache import ModelCache
 from worker.imaging.dicom import quiet_pydicom
 from worker.intake.admission import Intake, open_intake
 from worker.store.versions import ModelStore
+from worker.storage.backends import FilesystemStorage
+from worker.storage.model_sync import model_refresher
 from worker.settings import Settings
 
 
@@ -28,6 +30,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     models: ModelCache
     intake: Intake
+    storage: FilesystemStorage
     pid: int = field(default_factory=os.getpid)
 
     @property
@@ -50,6 +53,8 @@ def build_runtime(settings: Settings, send: Callable[[str], None]) -> Runtime:
         settings=settings,
         engine=intake.engine,
         sessions=intake.sessions,
-        models=ModelCache(ModelStore(settings.model_store_dir), tf_threads=settings.tf_threads),
+        models=ModelCache(ModelStore(settings.model_store_dir), tf_threads=settings.tf_threads,
+                          refresh=model_refresher(settings, intake.engine)),
         intake=intake,
+        storage=intake.storage,
     )

@@ -21,6 +21,8 @@ from worker.messaging.queues import (
     PROCESS_TASK,
     RECONCILE_TASK,
     REDELIVER_TASK,
+    RETENTION_EVERY_S,
+    RETENTION_TASK,
     RETRAIN_QUEUE,
     RETRAIN_TASK,
     TRIAGE_QUEUE,
@@ -94,7 +96,8 @@ def create_app(settings: Settings) -> Celery:
         task_routes={RETRAIN_TASK: {"queue": RETRAIN_QUEUE},
                      RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
                      DELIVER_TASK: {"queue": DELIVER_QUEUE},
-                     REDELIVER_TASK: {"queue": MAINTENANCE_QUEUE}},
+                     REDELIVER_TASK: {"queue": MAINTENANCE_QUEUE},
+                     RETENTION_TASK: {"queue": MAINTENANCE_QUEUE}},
         worker_hijack_root_logger=False,
         # --pool=prefork runs this: a child killed idle no longer stalls the worker.
         worker_pool="worker.messaging.prefork_pool:TaskPool",
@@ -111,6 +114,10 @@ def create_app(settings: Settings) -> Celery:
             "redeliver-results": {"task": REDELIVER_TASK, "schedule": settings.reconcile_interval_s,
                                   "options": {"queue": MAINTENANCE_QUEUE,
                                               "expires": settings.reconcile_interval_s}},
+            # Archived inputs past TRIAGE_RETENTION_DAYS (nothing when it is unset).
+            "purge-expired-inputs": {"task": RETENTION_TASK, "schedule": RETENTION_EVERY_S,
+                                     "options": {"queue": MAINTENANCE_QUEUE,
+                                                 "expires": RETENTION_EVERY_S}},
             # Beat's liveness: the maintenance worker records each tick (role_health "beat").
             "beat-tick": {"task": BEAT_TICK_TASK, "schedule": settings.reconcile_interval_s,
                           "options": {"queue": MAINTENANCE_QUEUE,

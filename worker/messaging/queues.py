@@ -13,6 +13,9 @@ RECONCILE_TASK = "triage.reconcile"
 RETRAIN_TASK = "triage.retrain"
 DELIVER_TASK = "triage.deliver"
 REDELIVER_TASK = "triage.redeliver"
+#: Retention (``TRIAGE_RETENTION_DAYS``, ``worker.retention.purge``): hourly, on maintenance.
+RETENTION_TASK = "triage.retention"
+RETENTION_EVERY_S = 3600.0
 #: Liveness probes (``worker.process.liveness``): a no-op task on a queue of each worker
 #: role's own, so the answer proves that this role's worker takes and runs tasks.
 PROBE_TASK = "triage.probe"

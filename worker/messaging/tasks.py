@@ -28,7 +28,8 @@ from worker.jobs.heartbeat import LeaseLost
 from worker.intake.rejections import describe_exception, record_rejection
 from worker.db import role_health
 from worker.messaging.queues import (BEAT_TICK_TASK, DELIVER_TASK, PROBE_TASK, PROCESS_TASK,
-                                     RECONCILE_TASK, REDELIVER_TASK, RETRAIN_TASK, TRIAGE_QUEUE)
+                                     RECONCILE_TASK, REDELIVER_TASK, RETENTION_TASK, RETRAIN_TASK,
+                                     TRIAGE_QUEUE)
 from worker.results import redelivery
 from worker.results.delivery import deliver_results
 from worker.jobs.runtime import Runtime, build_runtime
@@ -71,7 +72,7 @@ def _after_fork(**_kwargs) -> None:
 
 def _fail(rt: Runtime, job_id: str, code: RejectionReason, reason: str) -> str:
     """Failed, not retried: recorded in the database and beside the file in rejected/."""
-    record_rejection(rt.sessions, rt.settings.rejected_dir, job_id, code, reason,
+    record_rejection(rt.sessions, rt.storage.rejected, job_id, code, reason,
                      state=JobState.FAILED)
     return JobState.FAILED.value
 
@@ -144,6 +145,14 @@ def redeliver(task: Task) -> int:
     return redelivery.redeliver(rt.sessions, rt.settings, send)
 
 
+def purge_retention(task: Task) -> int:
+    """Beat's hourly retention pass (``worker.retention.purge``); 0 when it is not set."""
+    from worker.retention.purge import purge_expired
+
+    rt = runtime_for(task.app)
+    return purge_expired(rt.settings, rt.sessions).purged
+
+
 def _record_if_exhausted(rt: Runtime, job_id: str) -> None:
     """A job that ran out of attempts gets its sidecar in rejected/ like any failure (once)."""
     with rt.sessions() as s:
@@ -151,8 +160,8 @@ def _record_if_exhausted(rt: Runtime, job_id: str) -> None:
         exhausted = (job is not None and job.state == JobState.FAILED.value
                      and job.error_code == RejectionReason.ATTEMPTS_EXHAUSTED.value)
         reason = job.error if exhausted else ""
-    if exhausted and not any(rt.settings.rejected_dir.glob(f"{job_id}__*.json")):
-        record_rejection(rt.sessions, rt.settings.rejected_dir, job_id,
+    if exhausted and not rt.storage.has_rejection(job_id):
+        record_rejection(rt.sessions, rt.storage.rejected, job_id,
                          RejectionReason.ATTEMPTS_EXHAUSTED, reason or "", state=JobState.FAILED)
 
 
@@ -213,6 +222,7 @@ def register_tasks(app: Celery) -> None:
              retry_backoff=2, retry_backoff_max=300, retry_jitter=True, max_retries=8,
              time_limit=deliver_limit, soft_time_limit=deliver_limit - 30)(deliver)
     app.task(name=REDELIVER_TASK, bind=True, shared=False)(redeliver)
+    app.task(name=RETENTION_TASK, bind=True, shared=False)(purge_retention)
     app.task(name=PROBE_TASK, bind=True, shared=False, acks_late=False)(probe)
     app.task(name=BEAT_TICK_TASK, bind=True, shared=False, acks_late=False)(beat_tick)
     limit = app.triage_settings.retrain_time_limit_s

@@ -137,7 +137,7 @@ def _psi_finding(name: str, label: str, values: np.ndarray, dist: dict, unit: st
     return Finding(name, live_mean, dist["mean"], round(value, 4), level, message)
 
 
-def _archived_statistics(path: str | None) -> dict[str, float] | None:
+def _archived_statistics(path: str | None, bind=None) -> dict[str, float] | None:
     """Colour statistics of one archived image; None when it is gone or unreadable."""
     from worker.imaging.colour_statistics import colour_statistics
     from worker.imaging.decode import decode_bytes
@@ -146,15 +146,16 @@ def _archived_statistics(path: str | None) -> dict[str, float] | None:
     if not path:
         return None
     try:
-        return colour_statistics(decode_bytes(archive.load(path)).rgb)
+        return colour_statistics(decode_bytes(archive.load(path, bind)).rgb)
     except Exception:  # a moved archive or a corrupt file: this monitor never fails a command
         return None
 
 
-def _image_statistics(paths: list[str]) -> dict[str, np.ndarray]:
-    """Colour statistics of archived images (unreadable or missing files skipped)."""
+def _image_statistics(paths: list[str], bind=None) -> dict[str, np.ndarray]:
+    """Colour statistics of archived images (unreadable or missing files skipped); ``bind``:
+    the database that holds ``db:`` locations (``TRIAGE_STORAGE=database``)."""
     values: dict[str, list[float]] = {k: [] for k in IMAGE_STATISTICS}
-    for stats in filter(None, map(_archived_statistics, paths)):
+    for stats in filter(None, (_archived_statistics(p, bind) for p in paths)):
         for k in IMAGE_STATISTICS:
             values[k].append(stats[k])
     return {k: np.asarray(v) for k, v in values.items()}
@@ -173,7 +174,7 @@ def traffic_reference(sessions: sessionmaker[Session], versions: list[str], new_
         rows = live_window(s, versions, n)
     records = []
     for r in rows:
-        stats = _archived_statistics(r.archive_path)
+        stats = _archived_statistics(r.archive_path, sessions.kw.get("bind"))
         if stats is not None:
             records.append(ImageRecord(r.melanoma, r.keratinocyte, r.top, r.usable,
                                        {k: stats[k] for k in IMAGE_STATISTICS}))
@@ -184,7 +185,7 @@ def traffic_reference(sessions: sessionmaker[Session], versions: list[str], new_
 
 
 def compare(reference: Reference, thresholds, rows: list[LiveRow], window: int = WINDOW,
-            images: bool = False, version: str | None = None) -> ShiftReport:
+            images: bool = False, version: str | None = None, bind=None) -> ShiftReport:
     """Findings for ``rows`` (``live_window``) against ``reference`` under ``thresholds``."""
     usable = [r for r in rows if r.usable]
     report = ShiftReport(version=version, window=window, n=len(rows), n_usable=len(usable),
@@ -201,7 +202,7 @@ def compare(reference: Reference, thresholds, rows: list[LiveRow], window: int =
                                         np.array([r.melanoma for r in usable]),
                                         reference.distribution("melanoma_probability"), unit="p"))
     if images:
-        stats = _image_statistics([r.archive_path for r in rows if r.archive_path])
+        stats = _image_statistics([r.archive_path for r in rows if r.archive_path], bind)
         for name in IMAGE_STATISTICS:
             if len(stats[name]) >= MIN_IMAGES:
                 report.findings.append(_psi_finding(name, f"image {name.replace('_', '-')}", stats[name],
@@ -222,7 +223,8 @@ def check(sessions: sessionmaker[Session], store: ModelStore, window: int = WIND
                                    f"reference {version} --data DIR`")
     with sessions() as s:
         rows = live_window(s, version, window)
-    return compare(reference, store.metadata(version).thresholds, rows, window, images, version)
+    return compare(reference, store.metadata(version).thresholds, rows, window, images, version,
+                   sessions.kw.get("bind"))
 
 
 def warn_if_shifted(sessions: sessionmaker[Session], store: ModelStore, window: int = WINDOW,

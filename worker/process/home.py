@@ -10,6 +10,7 @@ from __future__ import annotations
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
 from worker.settings import Settings
+from worker.storage import model_sync
 from worker.store.versions import ModelStore
 
 
@@ -18,8 +19,29 @@ def prepare(settings: Settings) -> None:
     settings.ensure_folders()
     upgrade(settings.database_url)
     store = ModelStore(settings.model_store_dir)
+    if settings.storage == "database" and _shared_store_fetched(settings, store):
+        return  # another host seeded the shared store; this folder is its cache
     store.seed_from()
     _record_seed(settings, store)
+    if settings.storage == "database":  # the first host: its seeded store becomes the shared one
+        engine = make_engine(settings.database_url)
+        try:
+            model_sync.publish(store.root, engine)
+        finally:
+            engine.dispose()
+
+
+def _shared_store_fetched(settings: Settings, store: ModelStore) -> bool:
+    """Database storage: fetch the shared model store into this host's cache; False when
+    the database holds none yet (then this host seeds it)."""
+    engine = make_engine(settings.database_url)
+    try:
+        if not model_sync.has_shared_store(engine):
+            return False
+        model_sync.pull(store.root, engine)
+        return True
+    finally:
+        engine.dispose()
 
 
 def _record_seed(settings: Settings, store: ModelStore) -> None:

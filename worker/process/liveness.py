@@ -70,8 +70,11 @@ class LivenessProber:
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session],
                  send_probe: Callable[[str, str], None],
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 roles: tuple[str, ...] = PROBED_ROLES) -> None:
+        """``roles``: the probed roles this host runs (``run --roles``)."""
         self.settings = settings
+        self.roles = roles
         self.sessions = sessions
         self.send_probe = send_probe
         self.clock = clock
@@ -83,7 +86,7 @@ class LivenessProber:
         rows = role_health.load(self.sessions)
         verdicts = role_verdicts(self.settings, self.sessions, now)
         failing = {}
-        for role in PROBED_ROLES:
+        for role in self.roles:
             row = rows.get(role)
             verdict = verdicts.get(role)
             if verdict is not None and verdict.stuck and row.process_state == role_health.RUNNING:
@@ -96,7 +99,8 @@ class LivenessProber:
         beat, maintenance = verdicts.get(role_health.BEAT), verdicts.get("maintenance")
         # Beat's ticks reach us through the maintenance worker: only while that one is up
         # does a missing tick mean that beat is stuck.
-        if beat is not None and beat.stuck and maintenance is not None and maintenance.ok \
+        if "maintenance" in self.roles and beat is not None and beat.stuck \
+                and maintenance is not None and maintenance.ok \
                 and rows[role_health.BEAT].process_state == role_health.RUNNING:
             failing[role_health.BEAT] = beat.detail
         return failing

@@ -29,12 +29,14 @@ from worker.messaging.queues import DELIVER_QUEUE, MAINTENANCE_QUEUE, RETRAIN_QU
 from worker.settings import Settings
 from worker.store.versions import ModelStore
 from worker.messaging.queues import probe_queue
+from worker.process.roles import ROLES, children_for
 from worker.process.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 #: What ``celery -A`` loads: the worker app, built from the TRIAGE_* environment.
 CELERY_APP = "worker.messaging.celery_worker:app"
+BEAT_SCHEDULER = "worker.messaging.beat_lease:LeasedScheduler"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -55,7 +57,13 @@ def child_env(settings: Settings) -> dict[str, str]:
         "TRIAGE_DICOM_AE_TITLE": settings.dicom_ae_title,
         "TRIAGE_DICOM_PORT": str(settings.dicom_port),
         "TRIAGE_HTTP_PORT": str(settings.http_port),
+        # Storage shared through the database (issue 22), also when settings came from code.
+        "TRIAGE_STORAGE": settings.storage,
     })
+    for name, value in (("TRIAGE_REPORTS_EXPORT_DIR", settings.reports_export_dir),
+                        ("TRIAGE_RETENTION_DAYS", settings.retention_days)):
+        if value is not None:
+            env[name] = str(value)
     return env
 
 
@@ -86,7 +94,8 @@ def celery_commands(settings: Settings) -> dict[str, list[str]]:
                                     "--concurrency=1",
                                     f"--queues={DELIVER_QUEUE},{probe_queue(DELIVER_QUEUE)}",
                                     "--hostname=deliver@%h", *solo_host],
-        "beat": celery + ["beat", "--loglevel=INFO",
+        # Schedules only while it holds the database lease "beat": one beat across hosts.
+        "beat": celery + ["beat", "--loglevel=INFO", f"--scheduler={BEAT_SCHEDULER}",
                           f"--schedule={settings.home / 'celerybeat-schedule'}"],
     }
 
@@ -113,17 +122,19 @@ def door_banner(settings: Settings) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def supervisor_for(settings: Settings) -> Supervisor:
-    return Supervisor({**celery_commands(settings), **door_commands(settings)},
+def supervisor_for(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> Supervisor:
+    """The children the ``roles`` of this host start (``run --roles``; default all)."""
+    return Supervisor(children_for(roles, {**celery_commands(settings), **door_commands(settings)}),
                       env=child_env(settings),
                       max_restarts=settings.supervisor_max_restarts,
                       window_s=settings.supervisor_window_s,
                       backoff_max_s=settings.supervisor_backoff_max_s)
 
 
-def run_service(settings: Settings) -> int:
-    """Prepare the home, start the children, watch the intake folder here until a signal
-    (then 0). A child that fails, however often, is restarted and reported, never fatal."""
+def run_service(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> int:
+    """Prepare the home, start the children of ``roles``, watch the intake folder here (role
+    ``intake``) until a signal (then 0). A child that fails, however often, is restarted and
+    reported, never fatal."""
     apply_umask()  # before the first file: the children inherit it
     prepare(settings)
     apply_data_group(settings)
@@ -135,7 +146,7 @@ def run_service(settings: Settings) -> int:
         repaired = prepare_control_folder(settings.broker_dir / "control", QUEUES)
         if repaired:
             log.warning("embedded broker: repaired %s", ", ".join(repaired))
-    supervisor = supervisor_for(settings)
+    supervisor = supervisor_for(settings, roles)
     stop = threading.Event()
 
     def _stop(signum, _frame) -> None:
@@ -145,15 +156,18 @@ def run_service(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     supervisor.start_all()
-    print(f"melanoma-triage running. Drop images into {settings.intake_dir}\n"
-          f"  reports:  {settings.reports_dir}\n  rejected: {settings.rejected_dir}\n"
+    intake_line = (f"Drop images into {settings.intake_dir}" if "intake" in roles
+                   else "No intake folder on this host (role intake not given)")
+    print(f"melanoma-triage running ({', '.join(sorted(roles))}). {intake_line}\n"
+          f"  reports:  {_where(settings, 'reports')}\n  rejected: {_where(settings, 'rejected')}\n"
           f"  model:    {ModelStore(settings.model_store_dir).current_version()}\n"
-          f"{door_banner(settings)}"
+          f"{door_banner(settings) if {'dicom', 'http'} & roles else ''}"
           "Press Ctrl-C to stop.", flush=True)
     health: HealthReporter | None = None
     try:
         with TriageClient(settings) as client:
-            watcher = IntakeWatcher(client.intake, settings.intake_dir, settings.stable_scans)
+            watcher = (IntakeWatcher(client.intake, settings.intake_dir, settings.stable_scans)
+                       if "intake" in roles else None)
             health = HealthReporter(settings, client.intake.sessions, supervisor)
             return _watch(watcher, supervisor, health, stop, settings.poll_interval_s)
     finally:
@@ -174,8 +188,10 @@ class HealthReporter:
         self.sessions = sessions
         self.supervisor = supervisor
         celery = create_app(settings)
-        self.prober = LivenessProber(settings, sessions,
-                                     probe_sender(celery, expires_s=settings.health_probe_timeout_s))
+        local = {CHILD_ROLES[c.name] for c in supervisor.children if c.name in CHILD_ROLES}
+        self.prober = LivenessProber(settings, sessions,  # only the roles this host runs
+                                     probe_sender(celery, expires_s=settings.health_probe_timeout_s),
+                                     roles=tuple(r for r in PROBED_ROLES if r in local))
         self.send_job = process_sender(celery)
         self.held_per_worker = 2 * settings.worker_concurrency + 1
         self.probe_every_s = min(2.0, settings.health_probe_interval_s)
@@ -252,14 +268,21 @@ class _ScanErrors:
             self.count, self.last_logged = 0, now
 
 
-def _watch(watcher: IntakeWatcher, supervisor: Supervisor, health: HealthReporter,
+def _where(settings: Settings, what: str) -> str:
+    if settings.storage == "database":
+        return f"in the database ({what}/ keys of the blobs table)"
+    return str(settings.reports_dir if what == "reports" else settings.rejected_dir)
+
+
+def _watch(watcher: IntakeWatcher | None, supervisor: Supervisor, health: HealthReporter,
            stop: threading.Event, interval_s: float) -> int:
     """Scan, supervise and probe until stopped (a signal). One scan's unexpected error is
     logged and the loop goes on; no child's failure ends it."""
     errors = _ScanErrors()
     while not stop.is_set():
         try:
-            watcher.scan_once()
+            if watcher is not None:  # role intake
+                watcher.scan_once()
         except Exception as exc:  # noqa: BLE001 - contained: the next scan tries again
             errors.record(exc)
         supervisor.check()

@@ -185,7 +185,7 @@ def deliver_results(settings: Settings, sessions: sessionmaker[Session], job_id:
     if job is None:
         log.info("job %s: no results to deliver (not done)", job_id)
         return []
-    _write_fhir_outbox(settings, job)
+    _write_fhir_outbox(settings, job, sessions)
     plan = planned_destinations(settings, job)
     with sessions.begin() as s:
         rows = [deliveries.ensure(s, job_id, kind, dest) for kind, dest in plan]
@@ -205,13 +205,13 @@ def deliver_results(settings: Settings, sessions: sessionmaker[Session], job_id:
     return outcomes(sessions, job_id)
 
 
-def _write_fhir_outbox(settings: Settings, job: FinishedJob) -> None:
+def _write_fhir_outbox(settings: Settings, job: FinishedJob, sessions: sessionmaker[Session]) -> None:
     """The outbox copy is for people and the HTTP API; failing to write it stops nothing."""
     from worker.results.fhir import build_bundle, write_outbox
 
     try:
         bundle = build_bundle(job, job.report_path.read_bytes(), settings.fhir_patient_id_system)
-        write_outbox(settings, job, bundle)
+        write_outbox(settings, job, bundle, sessions)
     except Exception as exc:  # noqa: BLE001 - logged by type only (the text may hold data)
         log.warning("job %s: FHIR outbox not written (%s)", job.job_id, type(exc).__name__)
 

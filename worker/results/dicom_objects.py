@@ -119,8 +119,7 @@ def source_reference(job: FinishedJob, image_sop_class: str = DERMOSCOPY_SOP) ->
 def _dicom_header_reference(job: FinishedJob) -> Dataset:
     header = Dataset()
     if job.archive_path is not None and job.archive_path.exists():
-        with open(job.archive_path, "rb") as fh:
-            header = dcmread(fh, stop_before_pixels=True)
+        header = dcmread(BytesIO(job.archive_path.read_bytes()), stop_before_pixels=True)
     ref = Dataset()
     for keyword in PATIENT_STUDY_KEYWORDS + ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
         if keyword in header:

@@ -46,6 +46,7 @@ from worker.results.dicom_objects import MANUFACTURER, MODEL_NAME, software_vers
 from worker.results.errors import DeliveryError, raise_for_http_status
 from worker.results.finished_job import FinishedJob, load_finished_job
 from worker.settings import Settings
+from worker.storage.blobs import db_location, key_of, put_blob
 
 #: Our identifier systems (URNs: we own no web address for them).
 JOB_SYSTEM = "urn:melanoma-triage:job"
@@ -217,9 +218,23 @@ def fhir_bundle_for_job(sessions: sessionmaker[Session], settings: Settings, job
     return build_bundle(job, job.report_path.read_bytes(), settings.fhir_patient_id_system)
 
 
-def write_outbox(settings: Settings, job: FinishedJob, bundle: dict) -> Path:
+def outbox_location(settings: Settings, job_id: str) -> str:
+    """Where the job's outbox bundle is kept: a file, or a blob (``TRIAGE_STORAGE=database``)."""
+    if settings.storage == "database":
+        return db_location(f"outbox/fhir/{job_id}.json")
+    return str(fhir_outbox(settings) / f"{job_id}.json")
+
+
+def write_outbox(settings: Settings, job: FinishedJob, bundle: dict,
+                 sessions: sessionmaker[Session] | None = None) -> Path | str:
+    """The bundle into the outbox folder, or (database storage, ``sessions`` given) its blob."""
     from worker.durable import write_atomic
 
+    if settings.storage == "database" and sessions is not None:
+        location = outbox_location(settings, job.job_id)
+        with sessions.begin() as s:
+            put_blob(s, key_of(location), bundle_json(bundle))
+        return location
     folder = fhir_outbox(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job.job_id}.json"

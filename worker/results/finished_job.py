@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from schemas import MELANOMA, ImageMetadata, JobState, TriageLevel
 from worker.db.models import Image, Job, Prediction, Report
+from worker.storage.blobs import StoredFile
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class FinishedJob:
     predicted_class: str
     triage: TriageLevel
     image_usable: bool
-    report_path: Path
+    report_path: StoredFile | Path  # read with read_bytes(): a file, or a blob (worker.storage)
     report_sha256: str
-    archive_path: Path | None
+    archive_path: StoredFile | Path | None
     image_sha256: str | None
     source_format: str | None  # "dicom" | "jpeg" | "png"
     received_at: datetime
@@ -75,6 +76,7 @@ def load_finished_job(session: Session, job_id: str) -> FinishedJob | None:
     if row is None:
         return None
     job, image, report, prediction, calling_ae_title = row
+    bind = session.get_bind()
     metadata = ImageMetadata(**{field: getattr(image, field) for field in ImageMetadata.model_fields})
     return FinishedJob(
         job_id=job.id,
@@ -84,9 +86,9 @@ def load_finished_job(session: Session, job_id: str) -> FinishedJob | None:
         predicted_class=prediction.predicted_class,
         triage=TriageLevel(prediction.triage_level),
         image_usable=prediction.image_usable,
-        report_path=Path(report.path),
+        report_path=StoredFile(report.path, bind),
         report_sha256=report.sha256,
-        archive_path=Path(image.archive_path) if image.archive_path else None,
+        archive_path=StoredFile(image.archive_path, bind) if image.archive_path else None,
         image_sha256=image.sha256,
         source_format=image.source_format,
         received_at=_aware(image.received_at),

@@ -33,7 +33,8 @@ from worker.db.deliveries import Delivery
 from worker.db.models import Job
 from worker.results.delivery import backoff_s
 from worker.results.dicom_sender import parse_destinations
-from worker.results.fhir import fhir_outbox
+from worker.results.fhir import outbox_location
+from worker.storage.blobs import location_exists
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ def jobs_to_redeliver(session: Session, settings: Settings, now: datetime) -> li
         select(Job.id).where(Job.state == JobState.DONE.value, Job.finished_at >= since,
                              Job.finished_at < stale, ~exists().where(Delivery.job_id == Job.id))
     ).scalars()
-    outbox = fhir_outbox(settings)
-    never_run = [job_id for job_id in never if not (outbox / f"{job_id}.json").exists()]
+    never_run = [job_id for job_id in never
+                 if not location_exists(outbox_location(settings, job_id), session)]
     return sorted(set(stuck) | set(never_run))
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schemas import CLASS_NAMES, MELANOMA, MELANOMA_INDEX, ModelAction, ModelMetadata, RetrainState
 from worker.db.engine import make_engine, make_session_factory
+from worker.storage import model_sync
 from worker.db.lease import DbLease, current_holder
 from worker.db.models import RetrainRun, utcnow
 from worker.retrain import gates, truth
@@ -111,7 +112,7 @@ def _scan_base(settings: Settings) -> pd.DataFrame:
     return datachecks.run_checks(scan).resolved.reset_index(drop=True)
 
 
-def _confirmed_rows(cases: list[truth.ConfirmedCase], folder: Path) -> pd.DataFrame:
+def _confirmed_rows(cases: list[truth.ConfirmedCase], folder: Path, bind=None) -> pd.DataFrame:
     """Manifest rows of the confirmed cases, each archived image decoded once into a PNG.
 
     ``sha256`` is the archived file's (the key of the locked set); a case whose archived
@@ -125,7 +126,7 @@ def _confirmed_rows(cases: list[truth.ConfirmedCase], folder: Path) -> pd.DataFr
     rows = []
     for case in cases:
         try:
-            rgb = decode_bytes(archive.load(case.archive_path)).rgb
+            rgb = decode_bytes(archive.load(case.archive_path, bind)).rgb
         except Exception as exc:  # archive gone or unreadable: skip, counted by the caller
             log.warning("confirmed image %s skipped: %s", case.image_id, type(exc).__name__)
             continue
@@ -177,7 +178,7 @@ def gather(settings: Settings, sessions: sessionmaker[Session], store: ModelStor
     role_of = dict(zip([c.sha256 for c in cases], locked.assign_confirmed([c.sha256 for c in cases])))
     locked.save()
 
-    confirmed = _confirmed_rows(cases, stage / "confirmed")
+    confirmed = _confirmed_rows(cases, stage / "confirmed", sessions.kw.get("bind"))
     confirmed["role"] = confirmed["sha256"].map(role_of)
     base_train, base_eval = base[base["role"] == TRAIN], base[base["role"] == EVAL]
     conf_train, conf_eval = confirmed[confirmed["role"] == TRAIN], confirmed[confirmed["role"] == EVAL]
@@ -311,8 +312,12 @@ def run_retrain(settings: Settings, trigger: str = "manual", trainer: Trainer | 
         engine = make_engine(settings.database_url)
         sessions = make_session_factory(engine)
     try:
-        return _run(settings, sessions, trigger, trainer or load_trainer(settings.retrain_trainer),
-                    policy or policy_from(settings), progress, negative_control)
+        model_sync.sync_home(settings, sessions.kw["bind"])  # database storage: the shared store
+        outcome = _run(settings, sessions, trigger, trainer or load_trainer(settings.retrain_trainer),
+                       policy or policy_from(settings), progress, negative_control)
+        if settings.storage == "database":
+            model_sync.publish(settings.model_store_dir, sessions.kw["bind"])
+        return outcome
     finally:
         if engine is not None:
             engine.dispose()

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from schemas import CLASS_NAMES, JobState, TriageLevel, TruthSource
 from schemas.classes import DISPLAY_NAMES
 from worker.db.models import Job
+from worker.storage.blobs import is_db_location, read_location
 from worker.retrain.truth import LabelError
 from worker.workspace import audit
 from worker.workspace.audit import AuditAction
@@ -70,18 +71,23 @@ def job_report(request: Request, job_id: str, who: SignedIn = Depends(signed_in)
         raise HTTPException(404, "this job has no report")
     with ws.sessions.begin() as s:
         audit.record(s, AuditAction.VIEW_REPORT, who.user, job_id, client_address(request))
+    headers = {"Content-Security-Policy": "frame-ancestors 'self'"}
+    if is_db_location(path):  # TRIAGE_STORAGE=database: from the blobs table, on any host
+        try:
+            pdf = read_location(path, ws.sessions.kw["bind"])
+        except FileNotFoundError:
+            raise HTTPException(404, "this job's report is not in storage") from None
+        headers["Content-Disposition"] = f'inline; filename="{job_id}.pdf"'
+        return Response(pdf, media_type="application/pdf", headers=headers)
     return FileResponse(path, media_type="application/pdf", filename=f"{job_id}.pdf",
-                        content_disposition_type="inline",
-                        headers={"Content-Security-Policy": "frame-ancestors 'self'"})
+                        content_disposition_type="inline", headers=headers)
 
 
-def _thumbnail_png(archive_path: str, max_bytes: int, max_pixels: int) -> bytes:
+def _thumbnail_png(archive_path: str, max_bytes: int, max_pixels: int, bind=None) -> bytes:
     from PIL import Image as PILImage
 
     from worker.imaging import DecodeLimits, decode_bytes
-    from worker.intake import archive
-
-    rgb = decode_bytes(archive.load(archive_path), DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)).rgb
+    rgb = decode_bytes(read_location(archive_path, bind), DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)).rgb
     img = PILImage.fromarray(rgb)
     img.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
     buf = BytesIO()
@@ -100,7 +106,7 @@ async def job_image(request: Request, job_id: str, who: SignedIn = Depends(signe
         raise HTTPException(404, "no image to show for this job")
     try:
         png = await run_in_threadpool(_thumbnail_png, path, ws.settings.max_file_bytes,
-                                      ws.settings.max_image_pixels)
+                                      ws.settings.max_image_pixels, ws.sessions.kw["bind"])
     except Exception:  # a moved archive or a file the decoder refuses: the page says so
         raise HTTPException(404, "the archived image cannot be shown") from None
     return Response(png, media_type="image/png")

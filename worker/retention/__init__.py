@@ -1,0 +1,1 @@
+"""Retention of patient images (``TRIAGE_RETENTION_DAYS``): ``worker.retention.purge``."""
