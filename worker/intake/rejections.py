@@ -84,18 +84,9 @@ def _write_to_folder(
         kept = _move(source, target)
     elif data is not None:
         write_atomic(target, data)
-    sidecar = {
-        "job_id": job_id,
-        "state": state,
-        "code": RejectionReason(code).value,
-        "reason": reason,
-        "original_name": original_name,
-        "sha256": sha256,
-        "file": target.name if (kept and (source is not None or data is not None)) else None,
-        "rejected_at": datetime.now(timezone.utc).isoformat(),
-    }
+    stored = target.name if (kept and (source is not None or data is not None)) else None
     sidecar_path = target.with_name(target.name + ".json")
-    write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode())
+    write_atomic(sidecar_path, _sidecar(job_id, state, code, reason, original_name, sha256, stored))
     return sidecar_path
 
 

@@ -10,7 +10,6 @@ the CURRENT and SHADOW pointers, so a cache never points at a version it lacks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -24,6 +23,7 @@ from worker.db.engine import make_session_factory
 from worker.durable import write_atomic
 from worker.settings import Settings
 from worker.storage.blobs import blob_index, get_blob, put_blob
+from worker.store.version_files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ def _local_files(root: Path) -> dict[str, Path]:
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             files[rel.as_posix()] = path
     return files
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 MANIFEST = ".synced.json"  # rel name -> sha256 as last fetched or published (a dot name: not stored)
@@ -75,7 +67,7 @@ def publish(root: Path, engine: Engine, *, every_file: bool = False) -> int:
     stored, manifest = blob_index(engine, PREFIX), _manifest(root)
     changed = {}
     for rel, path in _local_files(root).items():
-        sha = _sha(path)
+        sha = file_sha256(path)
         if (every_file or manifest.get(rel) != sha) and stored.get(PREFIX + rel) != sha:
             changed[rel] = (path, sha)
     ordered = sorted(changed, key=lambda rel: rel in POINTERS)
@@ -98,7 +90,7 @@ def pull(root: Path, engine: Engine) -> int:
         rel = key[len(PREFIX):]
         if manifest.get(rel) == sha and rel in local:
             continue  # fetched (or published) as it is: not hashed again
-        if rel not in local or _sha(local[rel]) != sha:
+        if rel not in local or file_sha256(local[rel]) != sha:
             wanted.append(key)
         manifest[rel] = sha
     for key in sorted(wanted, key=lambda k: k[len(PREFIX):] in POINTERS):
