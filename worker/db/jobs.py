@@ -39,6 +39,8 @@ class WorkItem:
     archive_path: str
     caller_metadata: ImageMetadata
     received_at: datetime
+    #: The file name of the image's first arrival (printed; names a report without ids).
+    original_name: str | None = None
 
 
 def mark_queued(session: Session, job_id: str) -> None:
@@ -104,6 +106,7 @@ def start_attempt(session: Session, job_id: str, max_attempts: int,
         archive_path=image.archive_path or "",
         caller_metadata=ImageMetadata.model_validate(image.caller_metadata or {}),
         received_at=image.received_at,
+        original_name=original_name(session, job.id),  # same transaction, no second session
     )
 
 

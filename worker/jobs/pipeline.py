@@ -65,7 +65,7 @@ def _process(rt: Runtime, item: jobs.WorkItem, lease: JobHeartbeat) -> str:
     result = classifier.predict(decoded.rgb, usable_image=usable)
     metadata: ImageMetadata = item.caller_metadata.merged_over(decoded.metadata)
     thresholds = classifier.metadata.thresholds
-    original_name = _original_name(rt, job_id)  # printed, and names an image without ids
+    original_name = item.original_name  # printed, and names an image without ids
     filename = report_filename(metadata, job_id, original_name)
     report_path = rt.storage.report_location(filename)  # a path, or db:reports/<name>
     lease.check()  # a superseded attempt must not overwrite the report of the one that won
@@ -138,10 +138,6 @@ def _commit(rt: Runtime, item: jobs.WorkItem, pending, report_path: str, complet
         raise  # placed but the commit failed: the retry writes the same path again
     return stored
 
-
-def _original_name(rt: Runtime, job_id: str) -> str | None:
-    with rt.sessions() as s:
-        return jobs.original_name(s, job_id)
 
 
 def _shadow_prediction(rt: Runtime, rgb, usable: bool, job_id: str) -> tuple[PredictionResult, ...]:

@@ -25,6 +25,7 @@ import pandas as pd
 from schemas import CLASS_NAMES, MELANOMA_INDEX
 from worker.training import features
 from worker.training.features import HeadRecipe
+from worker.training.metrics import bootstrap_ci, finite_or_none
 
 SK_INDEX = CLASS_NAMES.index("seborrheic_keratosis")
 REQUIRED_SENSITIVITY = 0.95
@@ -54,19 +55,10 @@ def specificity_at_sensitivity(y: np.ndarray, p: np.ndarray, target: float = REQ
     return thr, float(np.mean(neg < thr)) if len(neg) else None
 
 
-def bootstrap(stat, *arrays, n_boot: int = 500, seed: int = 0) -> tuple[float | None, float | None]:
-    """95 % percentile interval of ``stat(*resampled arrays)``."""
-    rng = np.random.default_rng(seed)
-    n = len(arrays[0])
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = stat(*(a[idx] for a in arrays))
-        if v is not None:
-            vals.append(v)
-    if not vals:
-        return None, None
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+def _interval(stat, *arrays) -> tuple[float | None, float | None]:
+    """95 % percentile bootstrap interval (``metrics.bootstrap_ci``, 500 resamples)."""
+    _, low, high = bootstrap_ci(stat, *arrays, n_boot=500)
+    return finite_or_none(low), finite_or_none(high)
 
 
 def sk_recall(labels: np.ndarray, pred: np.ndarray) -> float | None:
@@ -87,8 +79,8 @@ def score(probs: np.ndarray, rows: pd.DataFrame, intervals: bool = False) -> dic
            "melanoma_auc": auc(y, p), "threshold_for_sensitivity_095": thr, "specificity_at_095": spec,
            "sk_recall": sk_recall(labels, pred)}
     if intervals:
-        out["melanoma_auc_ci"] = bootstrap(auc, y, p)
-        out["sk_recall_ci"] = bootstrap(sk_recall, labels, pred)
+        out["melanoma_auc_ci"] = _interval(auc, y, p)
+        out["sk_recall_ci"] = _interval(sk_recall, labels, pred)
     return out
 
 
