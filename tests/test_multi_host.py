@@ -37,7 +37,8 @@ pytestmark = pytest.mark.integration
 assert shutil.which("storescu"), "dcmtk is installed by scripts/setup.sh"
 
 ROOT = Path(__file__).resolve().parents[1]
-HTTP_IMAGES, DICOM_IMAGES = 6, 2
+#: Enough that host B, killed at its first result, cannot have finished them all on an idle machine.
+HTTP_IMAGES, DICOM_IMAGES = 16, 2
 
 
 def _free_port() -> int:
@@ -120,12 +121,12 @@ def cluster(tmp_path, postgres_url, redis_url, tiny_model_dir):
     engine.dispose()
 
 
-def _wait(what: str, ready, timeout_s: float, hosts: list[Host]) -> None:
+def _wait(what: str, ready, timeout_s: float, hosts: list[Host], poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready():
             return
-        time.sleep(0.5)
+        time.sleep(poll_s)
     logs = "\n".join(f"--- {h.name} {p.name}\n{p.read_text(errors='replace')[-2000:]}"
                      for h in hosts for p in h.logs)
     pytest.fail(f"timed out waiting for {what}\n{logs}")
@@ -171,7 +172,7 @@ def test_doors_on_a_workers_on_b_then_c_when_b_dies(cluster):
 
     b = Host("B", cluster["tmp"] / "host-b", env, _run("triage,deliver"))
     hosts.append(b)
-    _wait("host B's first result", lambda: len(b.done_jobs()) >= 2, 180, hosts)
+    _wait("host B's first result", lambda: len(b.done_jobs()) >= 1, 180, hosts, poll_s=0.05)
     b.kill()  # mid-batch: what it held comes back through its expired lease
     done_by_b = b.done_jobs()
     assert done_by_b and len(done_by_b) < len(all_jobs), "B finished everything before it was killed"
